@@ -1,0 +1,142 @@
+"""``python -m ferkit``: the command line. Each command's ``--help`` explains it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ferkit import data
+
+_DATA_HELP = (f"FER-2013 as the Kaggle msambare/fer2013 zip, its extracted folder, fer2013.csv "
+              f"or a ferkit .npz; defaults to ${data.DATA_ENV}")
+
+
+def _add_reading_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out unreadable images / malformed CSV rows and list them, instead of stopping")
+    parser.add_argument("--resize", action="store_true",
+                        help="resize images that are not 48x48 instead of reporting them as bad")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _load(args) -> data.FerDataset:
+    return data.load_fer2013(args.input, resize=args.resize, on_error="skip" if args.skip_bad else "raise",
+                             progress=not args.no_progress)
+
+
+def _report_skipped(dataset: data.FerDataset, listing: Path | None = None, shown: int = 20) -> None:
+    if not dataset.skipped:
+        return
+    print(f"skipped {len(dataset.skipped)} bad record(s):")
+    for record in dataset.skipped[:shown]:
+        print(f"  {record}")
+    if listing is not None:
+        listing.write_text("".join(f"{record}\n" for record in dataset.skipped))
+        print(f"  (full list in {listing})")
+    elif len(dataset.skipped) > shown:
+        print(f"  ... and {len(dataset.skipped) - shown} more")
+
+
+def cmd_convert(args) -> None:
+    started = time.perf_counter()
+    dataset = _load(args)
+    output = Path(args.output)
+    if output.suffix.lower() == ".npz":
+        data.write_npz(dataset, output)
+    elif output.suffix.lower() == ".csv":
+        data.write_csv(dataset, output, progress=not args.no_progress)
+    else:
+        raise SystemExit(f"error: {output}: the output must end in .csv (challenge schema) or .npz (fast cache)")
+    print(f"wrote {len(dataset)} rows to {output} in {time.perf_counter() - started:.1f} s")
+    print(data.summary_table(dataset, stats=False))
+    _report_skipped(dataset, output.with_name(output.name + ".skipped.txt"))
+
+
+def cmd_info(args) -> None:
+    dataset = _load(args)
+    if args.classes or args.merge:
+        merge = dict(pair.split("=", 1) for pair in args.merge)
+        keep = args.classes if args.classes in data.SUBSETS or args.classes is None else args.classes.split(",")
+        dataset = data.select_classes(dataset, keep, merge)
+        moved = {k: v for k, v in dataset.label_map.items() if k != v}
+        print("classes: " + ", ".join(dataset.class_names) + (f"  (changed: {moved})" if moved else ""))
+    print(f"{dataset.source}: {len(dataset)} images of {data.IMAGE_SIZE}x{data.IMAGE_SIZE}")
+    print(data.summary_table(dataset))
+    print("mean = brightness, contrast = pixel std, sharpness = Laplacian variance; "
+          "a split far below the others in contrast or sharpness was filtered or blurred.")
+    _report_skipped(dataset)
+
+
+def cmd_demo(args) -> None:
+    from ferkit import sample
+
+    out = Path(args.out)
+    generated = sample.cartoon_faces(per_class_and_split=args.per_class)
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = sample.write_image_layout(generated, Path(tmp) / "cartoon_fer.zip", ".jpg")
+        print(f"generated {len(generated)} cartoon faces in the FER-2013 zip layout (no download needed)")
+        dataset = data.load_fer2013(archive, progress=False)
+    csv_path = data.write_csv(dataset, out / "demo_faces.csv", progress=False)
+    again = data.load_fer2013(csv_path, progress=False)
+    same = (again.images == dataset.images).all() and (again.labels == dataset.labels).all()
+    print(f"converted to {csv_path} (emotion,pixels,Usage); reloaded identically: {bool(same)}")
+    print(data.summary_table(dataset))
+    print(f"\nNext: get FER-2013 (see README), then `python -m ferkit info PATH` and "
+          f"`python -m ferkit convert PATH data/fer2013.csv`.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ferkit",
+        description="Facial expression recognition on FER-2013: read, convert and inspect the dataset.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=("examples:\n"
+                "  python -m ferkit demo\n"
+                "  python -m ferkit info ~/Downloads/fer2013.zip\n"
+                "  python -m ferkit convert ~/Downloads/fer2013.zip data/fer2013.csv\n"
+                f"  {data.DATA_ENV}=data/fer2013.csv python -m ferkit info --classes fer5"),
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    convert = commands.add_parser(
+        "convert", help="write FER-2013 as the challenge CSV (emotion,pixels,Usage) or a .npz cache",
+        description="Read FER-2013 from INPUT and write it to OUTPUT. A .csv output uses the original "
+                    "challenge schema and label ids (0=angry 1=disgust 2=fear 3=happy 4=sad 5=surprise "
+                    "6=neutral), interchangeable with Kaggle's fer2013.csv; a .npz output reloads fastest.")
+    convert.add_argument("input", help=_DATA_HELP)
+    convert.add_argument("output", help="where to write: a path ending in .csv or .npz, e.g. data/fer2013.csv")
+    _add_reading_options(convert)
+    convert.set_defaults(func=cmd_convert)
+
+    info = commands.add_parser(
+        "info", help="print counts per split and class, and image statistics per split",
+        description="Print per-split, per-class counts and per-split image statistics (brightness, "
+                    "contrast, sharpness), so a damaged or altered copy of the dataset is visible at a glance.")
+    info.add_argument("input", nargs="?", help=_DATA_HELP)
+    info.add_argument("--classes", help=f"a subset preset ({', '.join(data.SUBSETS)}) or comma-separated class names to keep")
+    info.add_argument("--merge", action="append", default=[], metavar="SOURCE=TARGET",
+                      help="relabel SOURCE as TARGET, e.g. --merge disgust=angry (repeatable)")
+    _add_reading_options(info)
+    info.set_defaults(func=cmd_info)
+
+    demo = commands.add_parser(
+        "demo", help="run the data pipeline on generated sample faces (no download)",
+        description="Generate cartoon faces in the FER-2013 zip layout, read them, convert to CSV, "
+                    "reload, and print the summary. Needs no dataset.")
+    demo.add_argument("--out", default="results", help="folder for the demo CSV (default: results)")
+    demo.add_argument("--per-class", type=int, default=5, help="images per class and split (default: 5)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (data.DatasetError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
