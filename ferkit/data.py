@@ -283,15 +283,25 @@ def _zip_records(archive: zipfile.ZipFile, path: Path, members: _ZipMembers) -> 
 
 def _folder_records(root: Path) -> list[_ImageRecord]:
     records = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    top = str(root)
+    # Plain strings rather than pathlib: ~10 us less per file, which is most of
+    # the cost for 35,887 tiny images.
+    for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = sorted(d for d in dirnames if not _is_os_junk([d]))
-        for filename in sorted(filenames):
-            full = Path(dirpath) / filename
-            rel = full.relative_to(root)
-            if _is_os_junk(rel.parts):
+        relative = os.path.relpath(dirpath, top).replace(os.sep, "/")
+        prefix = "" if relative == "." else relative + "/"
+        for filename in filenames:
+            if filename.startswith("."):
                 continue
-            records.append(_make_record(rel.parts, rel.as_posix(), full.read_bytes))
+            name = prefix + filename
+            full = os.path.join(dirpath, filename)
+            records.append(_make_record(name.split("/"), name, lambda full=full: _read_file(full)))
     return _finish_records(records, root)
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _make_record(parts, name, read) -> _ImageRecord | None:
@@ -344,27 +354,41 @@ def _decode_records(records, source: str, *, resize: bool, progress: bool):
     ok = np.ones(len(records), bool)
     bad: list[BadRecord] = []
 
-    def decode(lo: int) -> int:
-        hi = min(lo + chunk, len(records))
-        for i in range(lo, hi):
-            record = records[i]
-            try:
-                if record.problem:
-                    raise DatasetError(f"{record.name}: {record.problem}")
-                images[i] = decode_image(record.read(), record.name, resize=resize)
-            except DatasetError as error:
-                ok[i] = False
-                bad.append(BadRecord(record.name, str(error).split(": ", 1)[1]))
-        return hi - lo
+    def fail(i: int, error: DatasetError) -> None:
+        ok[i] = False
+        bad.append(BadRecord(records[i].name, str(error).split(": ", 1)[1]))
 
-    # Decoding and zip reads release the GIL, so threads use every core; one
-    # task per chunk keeps the pool's overhead out of the per-image cost.
-    chunk = 256
+    def decode(lo: int, payloads: list[bytes | None]) -> int:
+        for i, payload in enumerate(payloads, start=lo):
+            if payload is not None:
+                try:
+                    images[i] = decode_image(payload, records[i].name, resize=resize)
+                except DatasetError as error:
+                    fail(i, error)
+        return len(payloads)
+
+    # Reading files is GIL-bound Python; decoding is not. So this thread reads
+    # chunk after chunk while the pool decodes the previous ones: two threads
+    # reading at once were measured slower than one.
+    chunk = 512
     bar = _progress(None, len(records), f"reading {Path(source).name}", progress)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for n in pool.map(decode, range(0, len(records), chunk)):
+        pending = []
+        for lo in range(0, len(records), chunk):
+            payloads = []
+            for i in range(lo, min(lo + chunk, len(records))):
+                try:
+                    if records[i].problem:
+                        raise DatasetError(f"{records[i].name}: {records[i].problem}")
+                    payloads.append(records[i].read())
+                except DatasetError as error:
+                    fail(i, error)
+                    payloads.append(None)
+            pending.append(pool.submit(decode, lo, payloads))
             if bar is not None:
-                bar.update(n)
+                bar.update(len(payloads))
+        for future in pending:
+            future.result()
     if bar is not None:
         bar.close()
     labels = np.fromiter((r.label for r in records), np.int64, len(records))

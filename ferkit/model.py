@@ -1,0 +1,183 @@
+"""CNN architectures for 48x48 grayscale faces, built by name, and their files.
+
+Every model takes uint8-range pixels of shape (48, 48, 1) and normalises them
+itself (a ``Rescaling`` layer), so training and inference cannot disagree on
+it. Only built-in Keras layers are used: ``fer.json`` + ``fer.h5`` load in a
+plain Keras 3 process with no ferkit import.
+
+A saved model is three files side by side::
+
+    fer.json       architecture (model.to_json())
+    fer.h5         weights (legacy HDF5, what load_weights("fer.h5") reads)
+    fer.meta.json  class names, input size, face-crop settings, provenance
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ferkit.data import CLASS_NAMES, IMAGE_SIZE
+
+
+@dataclass
+class ModelMeta:
+    """What travels with a model besides its weights."""
+
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    input_size: int = IMAGE_SIZE
+    #: Pixels go in as grayscale 0-255; the model rescales them itself.
+    input_range: list[float] = field(default_factory=lambda: [0.0, 255.0])
+    #: Face crops are squared and grown by this fraction of the box size per side.
+    face_margin: float = 0.1
+    architecture: str = ""
+    #: Label mapping from the original FER-2013 classes (select_classes).
+    label_map: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+
+
+def _keras():
+    import keras
+
+    return keras
+
+
+def _conv_bn_relu(x, filters, kernel=3, name=None):
+    layers = _keras().layers
+    x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, kernel_initializer="he_normal",
+                      name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def _classifier_head(x, num_classes):
+    # Softmax in float32 so mixed-precision training keeps stable probabilities.
+    return _keras().layers.Activation("softmax", dtype="float32", name="probabilities")(
+        _keras().layers.Dense(num_classes, name="logits")(x))
+
+
+def seed_cnn(num_classes: int = 7, input_size: int = IMAGE_SIZE):
+    """The classic FER-2013 notebook CNN: 4 conv blocks (64-128-512-512) and 2 dense layers, ~4.5M parameters."""
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input((input_size, input_size, 1), name="face")
+    x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
+    for i, (filters, kernel) in enumerate([(64, 3), (128, 5), (512, 3), (512, 3)]):
+        x = _conv_bn_relu(x, filters, kernel, name=f"block{i + 1}")
+        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
+        x = layers.Dropout(0.25, name=f"block{i + 1}_drop")(x)
+    x = layers.Flatten(name="flatten")(x)
+    for i, units in enumerate([256, 512]):
+        x = layers.Dense(units, use_bias=False, name=f"fc{i + 1}")(x)
+        x = layers.BatchNormalization(name=f"fc{i + 1}_bn")(x)
+        x = layers.Activation("relu", name=f"fc{i + 1}_relu")(x)
+        x = layers.Dropout(0.25, name=f"fc{i + 1}_drop")(x)
+    return keras.Model(inputs, _classifier_head(x, num_classes), name="seed_cnn")
+
+
+def vgg(num_classes: int = 7, input_size: int = IMAGE_SIZE, widths=(48, 96, 192, 384), dense: int = 256,
+        name: str = "vgg"):
+    """VGG-style net: 4 stages of two 3x3 conv-BN-ReLU, max-pooling, dropout; then a small dense head.
+
+    Two 3x3 convolutions per stage see as far as a 5x5 at lower cost, BatchNorm
+    lets a high learning rate work, and the modest widths keep an epoch cheap on
+    a CPU, where FER-2013's 28k images make capacity beyond a few million
+    parameters overfit before it helps.
+    """
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input((input_size, input_size, 1), name="face")
+    x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
+    for stage, filters in enumerate(widths, start=1):
+        x = _conv_bn_relu(x, filters, name=f"stage{stage}a")
+        x = _conv_bn_relu(x, filters, name=f"stage{stage}b")
+        x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+        x = layers.Dropout(0.1 + 0.05 * stage, name=f"stage{stage}_drop")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(dense, use_bias=False, name="fc")(x)
+    x = layers.BatchNormalization(name="fc_bn")(x)
+    x = layers.Activation("relu", name="fc_relu")(x)
+    x = layers.Dropout(0.5, name="fc_drop")(x)
+    return keras.Model(inputs, _classifier_head(x, num_classes), name=name)
+
+
+def vgg_small(num_classes: int = 7, input_size: int = IMAGE_SIZE):
+    """A quarter-cost ``vgg`` (widths 32-64-128-256) for quick experiments and tests."""
+    return vgg(num_classes, input_size, widths=(32, 64, 128, 256), dense=128, name="vgg_small")
+
+
+ARCHITECTURES = {"vgg": vgg, "seed_cnn": seed_cnn, "vgg_small": vgg_small}
+DEFAULT_ARCHITECTURE = "vgg"
+
+
+def build_model(name: str = DEFAULT_ARCHITECTURE, num_classes: int = len(CLASS_NAMES), input_size: int = IMAGE_SIZE):
+    """Build an architecture from :data:`ARCHITECTURES` by name (uncompiled)."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name](num_classes=num_classes, input_size=input_size)
+
+
+def save_model(model, path: str | Path, meta: ModelMeta) -> dict[str, Path]:
+    """Save ``path``.json/.h5/.keras/.meta.json (``path`` without suffix, e.g. ``"fer"``).
+
+    The model is rebuilt in float32 first, so the files never carry a mixed
+    precision policy into inference.
+    """
+    keras = _keras()
+    base = Path(path)
+    base = base.with_suffix("") if base.suffix in (".json", ".h5", ".keras") else base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    if model.dtype_policy.name != "float32":
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("float32")
+        try:
+            float_model = build_model(meta.architecture or model.name, len(meta.class_names), meta.input_size)
+        finally:
+            keras.config.set_dtype_policy(previous)
+        float_model.set_weights(model.get_weights())
+        model = float_model
+    files = {"json": base.with_suffix(".json"), "h5": base.with_suffix(".h5"),
+             "keras": base.with_suffix(".keras"), "meta": base.with_name(base.name + ".meta.json")}
+    files["json"].write_text(model.to_json())
+    model.save(files["h5"])  # legacy HDF5: load_weights("fer.h5") reads it
+    model.save(files["keras"])
+    files["meta"].write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    return files
+
+
+def load_model(path: str | Path = "fer"):
+    """Load a saved model and its :class:`ModelMeta` (``path``: the .json, .h5, .keras or their stem).
+
+    Uses ``model_from_json`` + ``load_weights`` in Keras' safe mode, exactly as
+    a plain Keras user would.
+    """
+    keras = _keras()
+    base = Path(path)
+    base = base.with_suffix("") if base.suffix in (".json", ".h5", ".keras") else base
+    json_path, weights_path = base.with_suffix(".json"), base.with_suffix(".h5")
+    for required in (json_path, weights_path):
+        if not required.exists():
+            raise FileNotFoundError(f"{required}: missing; a ferkit model is {base}.json + {base}.h5 "
+                                    f"(+ {base}.meta.json). Train one with `python -m ferkit train`.")
+    model = keras.models.model_from_json(json_path.read_text())
+    model.load_weights(weights_path)
+    meta_path = base.with_name(base.name + ".meta.json")
+    meta = ModelMeta(**json.loads(meta_path.read_text())) if meta_path.exists() else ModelMeta(
+        class_names=list(CLASS_NAMES)[: model.output_shape[-1]])
+    if len(meta.class_names) != model.output_shape[-1]:
+        raise ValueError(f"{meta_path}: {len(meta.class_names)} class names for a model with "
+                         f"{model.output_shape[-1]} outputs")
+    return model, meta
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) uint8 face crops -> (N, H, W, 1) float32 in 0-255, what every ferkit model takes."""
+    images = np.asarray(images)
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim != 3:
+        raise ValueError(f"expected (N, H, W) grayscale images, got shape {images.shape}")
+    return images[..., None].astype(np.float32)

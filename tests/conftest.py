@@ -1,0 +1,25 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from ferkit.data import DATA_ENV
+from ferkit.sample import cartoon_faces
+
+
+@pytest.fixture(scope="session")
+def cartoon():
+    """84 generated faces, 4 per class and split."""
+    return cartoon_faces(per_class_and_split=4, seed=1)
+
+
+@pytest.fixture(scope="session")
+def real_fer2013() -> Path:
+    """The real FER-2013, found through $FERKIT_DATA (.ci/run points it at ../shared)."""
+    value = os.environ.get(DATA_ENV)
+    if not value:
+        pytest.skip(f"real FER-2013 not configured: set {DATA_ENV}=/path/to/fer2013.zip to run this test")
+    path = Path(value)
+    if not path.exists():
+        pytest.skip(f"{DATA_ENV}={value} does not exist")
+    return path
