@@ -1,5 +1,6 @@
 """The notebooks' short import surface onto the ferkit package (imports only)."""
 
+from ferkit.callbacks import LivePlot, ThresholdStop  # noqa: F401
 from ferkit.data import (  # noqa: F401
     CLASS_NAMES,
     DATA_ENV,
@@ -7,6 +8,8 @@ from ferkit.data import (  # noqa: F401
     SUBSETS,
     DatasetError,
     FerDataset,
+    dataset_path,
+    download_fer2013,
     image_stats,
     load_fer2013,
     select_classes,
@@ -14,4 +17,8 @@ from ferkit.data import (  # noqa: F401
     write_csv,
     write_npz,
 )
+from ferkit.evaluation import evaluate, write_results  # noqa: F401
+from ferkit.model import build_model, load_model, save_model  # noqa: F401
+from ferkit.plots import plot_class_balance, plot_confusion_matrix, plot_samples, plot_training_curves  # noqa: F401
 from ferkit.sample import cartoon_faces, write_image_layout  # noqa: F401
+from ferkit.training import Augmentation, TrainConfig, read_history, train  # noqa: F401

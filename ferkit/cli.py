@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -20,6 +21,12 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", action="store_true",
                         help="resize images that are not 48x48 instead of reporting them as bad")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_subset_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--classes", help=f"a subset preset ({', '.join(data.SUBSETS)}) or comma-separated class names to keep")
+    parser.add_argument("--merge", action="append", default=[], metavar="SOURCE=TARGET",
+                        help="relabel SOURCE as TARGET, e.g. --merge disgust=angry (repeatable)")
 
 
 def _load(args) -> data.FerDataset:
@@ -58,9 +65,7 @@ def cmd_convert(args) -> None:
 def cmd_info(args) -> None:
     dataset = _load(args)
     if args.classes or args.merge:
-        merge = dict(pair.split("=", 1) for pair in args.merge)
-        keep = args.classes if args.classes in data.SUBSETS or args.classes is None else args.classes.split(",")
-        dataset = data.select_classes(dataset, keep, merge)
+        dataset = _select(dataset, args)
         moved = {k: v for k, v in dataset.label_map.items() if k != v}
         print("classes: " + ", ".join(dataset.class_names) + (f"  (changed: {moved})" if moved else ""))
     print(f"{dataset.source}: {len(dataset)} images of {data.IMAGE_SIZE}x{data.IMAGE_SIZE}")
@@ -86,6 +91,56 @@ def cmd_demo(args) -> None:
     print(data.summary_table(dataset))
     print(f"\nNext: get FER-2013 (see README), then `python -m ferkit info PATH` and "
           f"`python -m ferkit convert PATH data/fer2013.csv`.")
+
+
+def _select(dataset: data.FerDataset, args) -> data.FerDataset:
+    if not (args.classes or args.merge):
+        return dataset
+    merge = dict(pair.split("=", 1) for pair in args.merge)
+    keep = args.classes if args.classes in data.SUBSETS or args.classes is None else args.classes.split(",")
+    return data.select_classes(dataset, keep, merge)
+
+
+def cmd_train(args) -> None:
+    from ferkit import evaluation, training
+
+    dataset = _select(_load(args), args).limit(args.limit, args.seed)
+    config = training.TrainConfig(
+        architecture=args.architecture, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, seed=args.seed, class_weight=args.class_weight,
+        precision=args.precision, threshold_accuracy=args.threshold_accuracy,
+        threshold_val_accuracy=args.threshold_val_accuracy, early_stopping_patience=args.early_stopping)
+    print(f"training {args.architecture} on {len(dataset.split('Training'))} images "
+          f"({', '.join(dataset.class_names)}), validating on PublicTest; checkpoints in {args.checkpoint_dir}")
+    result = training.train(dataset, config, out=args.out, checkpoint_dir=args.checkpoint_dir,
+                             verbose=2 if args.no_progress else "auto")
+    print(f"best PublicTest accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}"
+          + (f"; ThresholdStop stopped at epoch {result.threshold_epoch}" if result.threshold_epoch else ""))
+    print("saved " + ", ".join(str(p) for p in result.files.values()))
+
+
+def cmd_evaluate(args) -> None:
+    from ferkit import evaluation, model as model_module, training
+
+    model, meta = model_module.load_model(args.model)
+    dataset = _load(args)
+    metrics = evaluation.evaluate(model, meta, dataset, tta=not args.no_tta)
+    history = training.read_history(Path(args.checkpoint_dir) / "history.csv")
+    files = evaluation.write_results(metrics, history, args.results,
+                                     extra={"model": str(args.model), "dataset": dataset.source,
+                                            "training": meta.training})
+    print(f"{'split':<12} {'images':>6} {'accuracy':>9} {'with TTA':>9}")
+    for split in ("PublicTest", "PrivateTest"):
+        if split in metrics:
+            m = metrics[split]
+            tta = f"{m['accuracy_tta']:.4f}" if "accuracy_tta" in m else "-"
+            print(f"{split:<12} {m['images']:>6} {m['accuracy']:>9.4f} {tta:>9}")
+    if "PrivateTest" in metrics:
+        print("\nPrivateTest per class:")
+        print(f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}")
+        for name, s in metrics["PrivateTest"]["per_class"].items():
+            print(f"{name:<10} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['support']:>7}")
+    print("wrote " + ", ".join(str(p) for p in files.values()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,11 +171,57 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print per-split, per-class counts and per-split image statistics (brightness, "
                     "contrast, sharpness), so a damaged or altered copy of the dataset is visible at a glance.")
     info.add_argument("input", nargs="?", help=_DATA_HELP)
-    info.add_argument("--classes", help=f"a subset preset ({', '.join(data.SUBSETS)}) or comma-separated class names to keep")
-    info.add_argument("--merge", action="append", default=[], metavar="SOURCE=TARGET",
-                      help="relabel SOURCE as TARGET, e.g. --merge disgust=angry (repeatable)")
+    _add_subset_options(info)
     _add_reading_options(info)
     info.set_defaults(func=cmd_info)
+
+    from ferkit.model import ARCHITECTURES, DEFAULT_ARCHITECTURE
+    from ferkit.training import TrainConfig
+
+    defaults = TrainConfig()
+    train = commands.add_parser(
+        "train", help="train a CNN on the Training split, select on PublicTest, save fer.json/fer.h5",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train on Training, validate on PublicTest every epoch, keep the best epoch, and save "
+                    "OUT.json (architecture), OUT.h5 (weights), OUT.keras and OUT.meta.json (class names, "
+                    "preprocessing). Checkpoints after every epoch: run the same command again after an "
+                    "interruption and it resumes where it stopped.")
+    train.add_argument("input", nargs="?", help=_DATA_HELP)
+    train.add_argument("--architecture", default=DEFAULT_ARCHITECTURE, choices=sorted(ARCHITECTURES))
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                       help="peak learning rate (SGD, Nesterov momentum, warm-up then cosine decay)")
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--threshold-accuracy", type=float, metavar="A",
+                       help="ThresholdStop: stop once training accuracy >= A (with --threshold-val-accuracy)")
+    train.add_argument("--threshold-val-accuracy", type=float, metavar="B",
+                       help="ThresholdStop: ... and PublicTest accuracy >= B (the original notebook: 0.75, 0.71)")
+    train.add_argument("--early-stopping", type=int, metavar="EPOCHS",
+                       help="stop when PublicTest accuracy has not improved for EPOCHS epochs")
+    train.add_argument("--class-weight", choices=["balanced"], help="weigh classes by inverse frequency")
+    train.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="auto: bfloat16 on CPUs/GPUs with fast bf16, float16 on older GPUs, else float32")
+    train.add_argument("--limit", type=int, metavar="N", help="use at most N random images per split (quick runs)")
+    train.add_argument("--out", default="fer", help="model files stem: OUT.json, OUT.h5, ...")
+    train.add_argument("--checkpoint-dir", default="checkpoints/fer", help="per-epoch checkpoints and history.csv")
+    _add_subset_options(train)
+    _add_reading_options(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="accuracy on PublicTest and PrivateTest, per-class scores, confusion matrix",
+        description="Evaluate a saved model on PublicTest and PrivateTest (with and without test-time "
+                    "augmentation: flips and small shifts), print per-class precision/recall/F1 and write "
+                    "RESULTS/metrics.json, confusion_matrix.png and training_curves.png.")
+    evaluate.add_argument("input", nargs="?", help=_DATA_HELP)
+    evaluate.add_argument("--model", default="fer", help="model stem or .json/.h5 path (default: fer)")
+    evaluate.add_argument("--results", default="results", help="output folder (default: results)")
+    evaluate.add_argument("--checkpoint-dir", default="checkpoints/fer",
+                          help="where training wrote history.csv, for the training curves")
+    evaluate.add_argument("--no-tta", action="store_true", help="skip test-time augmentation")
+    _add_reading_options(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
 
     demo = commands.add_parser(
         "demo", help="run the data pipeline on generated sample faces (no download)",
@@ -133,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's start-up chatter (oneDNN, CUDA probing) drowns the output; errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -56,49 +56,6 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------
-# Callbacks
-
-
-def _callback_base():
-    import keras
-
-    return keras.callbacks.Callback
-
-
-class ThresholdStop(_callback_base()):
-    """Stop training once ``accuracy >= accuracy`` and ``val_accuracy >= val_accuracy``.
-
-    Both are checked at the end of every epoch on the logged metrics (names
-    configurable). ``stopped_epoch`` is the 1-based epoch that met them, or
-    None. A missing metric is an error, not a silent no-op.
-    """
-
-    def __init__(self, accuracy: float = 0.75, val_accuracy: float = 0.71,
-                 monitor: str = "accuracy", val_monitor: str = "val_accuracy", verbose: int = 1):
-        super().__init__()
-        self.accuracy, self.val_accuracy = accuracy, val_accuracy
-        self.monitor, self.val_monitor, self.verbose = monitor, val_monitor, verbose
-        self.stopped_epoch: int | None = None
-
-    def on_train_begin(self, logs=None):
-        self.stopped_epoch = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        missing = [m for m in (self.monitor, self.val_monitor) if m not in logs]
-        if missing:
-            raise ValueError(f"ThresholdStop needs {', '.join(missing)} in the epoch logs, which hold "
-                             f"{', '.join(sorted(logs)) or 'nothing'}; pass validation_data and metrics=['accuracy']")
-        train_value, val_value = float(logs[self.monitor]), float(logs[self.val_monitor])
-        if train_value >= self.accuracy and val_value >= self.val_accuracy:
-            self.stopped_epoch = epoch + 1
-            self.model.stop_training = True
-            if self.verbose:
-                print(f"\nThresholdStop: epoch {epoch + 1} reached {self.monitor} {train_value:.4f} >= "
-                      f"{self.accuracy} and {self.val_monitor} {val_value:.4f} >= {self.val_accuracy}; stopping.")
-
-
-# ----------------------------------------------------------------------------
 # Data pipeline
 
 
@@ -245,7 +202,8 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     saved as ``out``.json/.h5/.keras/.meta.json; PrivateTest is never looked at.
     """
     import keras
-    import tensorflow as tf
+
+    from ferkit.callbacks import EpochTimer, ThresholdStop
 
     config = config or TrainConfig()
     checkpoint_dir = Path(checkpoint_dir)
@@ -289,6 +247,7 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
             str(best_path), monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True,
             # After a resume, only an epoch better than every earlier one may replace the best file.
             initial_value_threshold=max((r["val_accuracy"] for r in previous), default=None)),
+        EpochTimer(),  # before the logger, which then records epoch_seconds
         keras.callbacks.CSVLogger(str(log_path), append=True),
     ]
     if config.threshold_accuracy is not None or config.threshold_val_accuracy is not None:
@@ -316,7 +275,8 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
                                "best_epoch": int(best["epoch"]) + 1, "epochs_run": len(history),
                                "best_public_test_accuracy": best["val_accuracy"],
                                "threshold_stop_epoch": threshold.stopped_epoch if threshold else None,
-                               "hardware": _hardware(), "wall_seconds_last_session": round(wall, 1)})
+                               "hardware": _hardware(),
+                               "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in history), 1)})
     files = save_model(model, out, meta)
     return TrainResult(model=model, history=history, best_epoch=int(best["epoch"]) + 1,
                        best_val_accuracy=best["val_accuracy"],

@@ -1,0 +1,117 @@
+"""Plots people would rather look than read: samples, class balance, curves, confusion matrix.
+
+Each function returns the matplotlib figure (a notebook shows it) and saves
+it when given a path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ferkit.data import SPLITS, FerDataset
+
+
+def _pyplot():
+    import matplotlib
+
+    try:
+        from IPython import get_ipython
+
+        interactive = get_ipython() is not None
+    except ImportError:
+        interactive = False
+    if not interactive:
+        matplotlib.use("Agg")  # no display needed from scripts and the CLI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def close(figure) -> None:
+    """Free a figure that was only saved, not shown."""
+    _pyplot().close(figure)
+
+
+def plot_samples(data: FerDataset, per_class: int = 8, seed: int = 0, path: str | Path | None = None):
+    """A grid with one row per class of ``per_class`` random Training images."""
+    plt = _pyplot()
+    rng = np.random.default_rng(seed)
+    train = data.split("Training") if (data.splits == 0).any() else data
+    fig, axes = plt.subplots(len(data.class_names), per_class, figsize=(per_class * 1.1, len(data.class_names) * 1.2))
+    for row, name in enumerate(data.class_names):
+        rows = np.flatnonzero(train.labels == row)
+        chosen = rng.choice(rows, min(per_class, len(rows)), replace=False) if len(rows) else []
+        for col in range(per_class):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col < len(chosen):
+                ax.imshow(train.images[chosen[col]], cmap="gray", vmin=0, vmax=255)
+        axes[row, 0].set_title(name, loc="left", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_class_balance(data: FerDataset, path: str | Path | None = None):
+    """Images per class, one bar group per split."""
+    plt = _pyplot()
+    counts = data.counts()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(SPLITS)
+    x = np.arange(len(data.class_names))
+    for i, split in enumerate(SPLITS):
+        ax.bar(x + i * width, [counts[split][c] for c in data.class_names], width, label=split)
+    ax.set_xticks(x + width, data.class_names)
+    ax.set_ylabel("images")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("class balance (log scale)")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_confusion_matrix(matrix_normalized, class_names, path: str | Path | None = None, title: str = ""):
+    """Save a row-normalised confusion matrix as a PNG; returns the figure."""
+    plt = _pyplot()
+
+    matrix = np.asarray(matrix_normalized)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center",
+                    color="white" if matrix[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix (rows sum to 1)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_training_curves(history: list[dict], path: str | Path | None = None):
+    """Accuracy and loss per epoch, training and validation (PublicTest); returns the figure."""
+    plt = _pyplot()
+
+    epochs = [int(r["epoch"]) + 1 for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.plot(epochs, [r[metric] for r in history], label=f"train {metric}")
+        ax.plot(epochs, [r[f"val_{metric}"] for r in history], label=f"PublicTest {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -1,0 +1,235 @@
+"""Models, the threshold-stop callback, augmentation, resume, saving and distribution."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from ferkit import evaluation, training  # noqa: E402
+from ferkit.callbacks import ThresholdStop  # noqa: E402
+from ferkit.model import ModelMeta, build_model, load_model, save_model  # noqa: E402
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+
+
+def run_python(code, cwd, timeout=300):
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=ENV,
+                            capture_output=True, text=True, timeout=timeout)
+    return result
+
+
+# ---------------------------------------------------------------- ThresholdStop
+
+
+class _Model:
+    stop_training = False
+
+
+def drive(callback, epochs):
+    """Feed ``callback`` epoch logs as fit would; return the epochs it saw before stopping."""
+    model = _Model()
+    callback.set_model(model)
+    callback.on_train_begin()
+    seen = 0
+    for epoch, logs in enumerate(epochs):
+        callback.on_epoch_end(epoch, logs)
+        seen += 1
+        if model.stop_training:
+            break
+    return seen
+
+
+def logs(acc, val):
+    return {"accuracy": acc, "val_accuracy": val, "loss": 1 - acc, "val_loss": 1 - val}
+
+
+def test_threshold_stop_waits_for_both_metrics():
+    history = [logs(0.60, 0.72), logs(0.76, 0.70), logs(0.74, 0.72), logs(0.75, 0.71), logs(0.80, 0.75)]
+    stop = ThresholdStop(accuracy=0.75, val_accuracy=0.71, verbose=0)
+    assert drive(stop, history) == 4  # epoch 4 is the first with both >= (inclusive)
+    assert stop.stopped_epoch == 4
+
+
+def test_threshold_stop_never_fires_below_thresholds():
+    stop = ThresholdStop(accuracy=0.75, val_accuracy=0.71, verbose=0)
+    assert drive(stop, [logs(0.9, 0.709), logs(0.749, 0.9)]) == 2
+    assert stop.stopped_epoch is None
+
+
+def test_threshold_stop_reads_the_named_metrics():
+    # Validation loss going below a threshold must not count as accuracy.
+    stop = ThresholdStop(accuracy=0.5, val_accuracy=0.5, verbose=0)
+    assert drive(stop, [{"accuracy": 0.9, "val_accuracy": 0.2, "val_loss": 0.9, "loss": 0.9}]) == 1
+    assert stop.stopped_epoch is None
+    custom = ThresholdStop(accuracy=0.5, val_accuracy=0.5, monitor="acc", val_monitor="val_acc", verbose=0)
+    assert drive(custom, [{"acc": 0.6, "val_acc": 0.6, "accuracy": 0.0, "val_accuracy": 0.0}]) == 1
+    assert custom.stopped_epoch == 1
+
+
+def test_threshold_stop_missing_metric_is_an_error():
+    with pytest.raises(ValueError, match="needs val_accuracy"):
+        drive(ThresholdStop(verbose=0), [{"accuracy": 0.9, "loss": 0.1}])
+
+
+def test_threshold_stop_ends_a_real_fit_at_the_right_epoch():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype("float32")
+    y = keras.utils.to_categorical((x[:, 0] > 0).astype(int), 2)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(keras.optimizers.SGD(0.05), "categorical_crossentropy", metrics=["accuracy"])
+    stop = ThresholdStop(accuracy=0.9, val_accuracy=0.9, verbose=0)
+    history = model.fit(x, y, validation_data=(x, y), epochs=200, callbacks=[stop], verbose=0).history
+    first = next(i for i, (a, v) in enumerate(zip(history["accuracy"], history["val_accuracy"])) if a >= 0.9 and v >= 0.9)
+    assert stop.stopped_epoch == first + 1 == len(history["accuracy"]) < 200
+
+
+# ---------------------------------------------------------------- augmentation and models
+
+
+def test_flip_only_augmentation_mirrors_or_keeps():
+    images = np.random.default_rng(0).integers(0, 256, (64, 48, 48, 1)).astype("float32")
+    only_flip = training.Augmentation(rotation_degrees=0, zoom=0, shift=0, erase_probability=0, brightness=0, contrast=0)
+    out = training.augment_batch(tf.constant(images), only_flip).numpy()
+    same = np.isclose(out, images, atol=1e-3).all(axis=(1, 2, 3))
+    mirrored = np.isclose(out, images[:, :, ::-1], atol=1e-3).all(axis=(1, 2, 3))
+    assert (same | mirrored).all() and same.any() and mirrored.any()
+
+
+def test_shift_and_erasing_change_images_within_range():
+    images = np.full((32, 48, 48, 1), 128, "float32")
+    images[:, 20:28, 20:28] = 255
+    out = training.augment_batch(tf.constant(images), training.Augmentation()).numpy()
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
+    assert not np.isclose(out, images).all(axis=(1, 2, 3)).any()
+
+
+@pytest.mark.parametrize("name", ["vgg", "seed_cnn", "vgg_small"])
+def test_architectures_normalise_inside(name):
+    model = build_model(name, num_classes=5)
+    assert isinstance(model.layers[1], keras.layers.Rescaling) and model.layers[1].scale == pytest.approx(1 / 255)
+    assert model.output_shape == (None, 5)
+    probabilities = model.predict(np.zeros((2, 48, 48, 1), "float32"), verbose=0)
+    np.testing.assert_allclose(probabilities.sum(1), 1, rtol=1e-5)
+
+
+def test_unknown_architecture():
+    with pytest.raises(ValueError, match="unknown architecture 'resnet9'"):
+        build_model("resnet9")
+
+
+def test_saved_model_loads_in_plain_keras(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model("vgg_small")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.set_weights([w + np.random.default_rng(1).normal(0, 0.01, w.shape) for w in model.get_weights()])
+    files = save_model(model, tmp_path / "fer", ModelMeta(architecture="vgg_small"))
+    assert json.loads(files["meta"].read_text())["class_names"][3] == "happy"
+    assert "bfloat16" not in files["json"].read_text()
+    faces = np.random.default_rng(2).integers(0, 256, (4, 48, 48, 1)).astype("float32")
+    np.save(tmp_path / "faces.npy", faces)
+    ours, _ = load_model(tmp_path / "fer")
+    np.save(tmp_path / "ours.npy", ours.predict(faces, verbose=0))
+    result = run_python("""
+        import sys, numpy as np, keras
+        model = keras.models.model_from_json(open("fer.json").read())
+        model.load_weights("fer.h5")
+        np.save("plain.npy", model.predict(np.load("faces.npy"), verbose=0))
+        assert not any(m.startswith("ferkit") for m in sys.modules), "ferkit was imported"
+    """, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "plain.npy"), np.load(tmp_path / "ours.npy"), rtol=1e-5, atol=1e-6)
+
+
+def test_load_model_without_files_explains(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m ferkit train"):
+        load_model(tmp_path / "fer")
+
+
+# ---------------------------------------------------------------- resume and distribution
+
+TRAIN_SCRIPT = """
+    import os, sys
+    import keras
+    from ferkit.sample import cartoon_faces
+    from ferkit.training import TrainConfig, train
+
+    class Crash(keras.callbacks.Callback):
+        # A power cut after the given epoch: no cleanup, no exception handlers.
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == int(os.environ.get("CRASH_AFTER", "0")):
+                os._exit(3)
+
+    data = cartoon_faces(per_class_and_split=6, seed=0)
+    config = TrainConfig(architecture="vgg_small", epochs=4, batch_size=32, warmup_epochs=0, precision="float32")
+    result = train(data, config, out="model/fer", checkpoint_dir="ck", verbose=0, extra_callbacks=[Crash()])
+    print("BEST", result.best_epoch, len(result.history))
+"""
+
+
+def test_training_resumes_after_a_kill(tmp_path):
+    crashed = subprocess.run([sys.executable, "-c", textwrap.dedent(TRAIN_SCRIPT)], cwd=tmp_path,
+                             env={**ENV, "CRASH_AFTER": "2"}, capture_output=True, text=True, timeout=300)
+    assert crashed.returncode == 3, crashed.stderr[-2000:]
+    history = training.read_history(tmp_path / "ck" / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [0, 1]
+    assert not (tmp_path / "model" / "fer.h5").exists()
+
+    resumed = run_python(TRAIN_SCRIPT, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    history = training.read_history(tmp_path / "ck" / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2, 3]  # resumed at epoch 3, not from scratch
+    best_epoch = int(resumed.stdout.split("BEST")[1].split()[0])
+    assert best_epoch == 1 + int(max(history, key=lambda r: r["val_accuracy"])["epoch"])
+    meta = json.loads((tmp_path / "model" / "fer.meta.json").read_text())
+    assert meta["training"]["epochs_run"] == 4
+
+
+def test_two_logical_devices_train_under_mirrored_strategy(tmp_path):
+    result = run_python("""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from ferkit.sample import cartoon_faces
+        from ferkit.training import TrainConfig, get_strategy, train
+        strategy = get_strategy()
+        print("STRATEGY", type(strategy).__name__, strategy.num_replicas_in_sync)
+        config = TrainConfig(architecture="vgg_small", epochs=1, batch_size=16, warmup_epochs=0, precision="float32")
+        result = train(cartoon_faces(2), config, out="m/fer", checkpoint_dir="ck", verbose=0)
+        print("EPOCHS", len(result.history))
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "STRATEGY MirroredStrategy 2" in result.stdout and "EPOCHS 1" in result.stdout
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_confusion_matrix_and_scores():
+    true = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 0, 1, 1, 2, 2])
+    matrix = evaluation.confusion_matrix(true, predicted, 3)
+    assert matrix.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    scores = evaluation.per_class_scores(matrix, ["a", "b", "c"])
+    assert scores["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
+    assert scores["c"]["precision"] == 0.5 and scores["c"]["recall"] == 1.0
+
+
+def test_evaluate_aligns_a_subset_model(cartoon):
+    from ferkit.data import select_classes
+
+    subset = select_classes(cartoon, "fer6")
+    model = build_model("vgg_small", num_classes=6)
+    meta = ModelMeta(class_names=list(subset.class_names), label_map=dict(subset.label_map))
+    metrics = evaluation.evaluate(model, meta, cartoon, tta=True)
+    assert metrics["PrivateTest"]["images"] == len(subset.split("PrivateTest"))
+    assert sum(s["support"] for s in metrics["PrivateTest"]["per_class"].values()) == 28
+    assert 0 <= metrics["PrivateTest"]["accuracy_tta"] <= 1
