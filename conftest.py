@@ -27,6 +27,13 @@ for key, value in {
 NEEDS_DATASET = {"train_model.ipynb"}
 
 
+def pytest_configure(config):
+    # `python -m pytest` runs the notebooks too, whenever nbval is installed.
+    if config.pluginmanager.hasplugin("nbval") and not config.option.nbval_lax:
+        config.option.nbval = True
+        config.option.nbval_current_env = True
+
+
 def pytest_collection_modifyitems(config, items):
     data = os.environ.get("FERKIT_DATA")
     if data and Path(data).exists():

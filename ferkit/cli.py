@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +20,14 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", action="store_true",
                         help="resize images that are not 48x48 instead of reporting them as bad")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="fer", help="model stem or .json/.h5 path (default: fer, the shipped model)")
+    parser.add_argument("--detector", default="yunet", choices=["yunet", "mtcnn", "haar"],
+                        help="face detector (default: yunet; mtcnn is slower but finds rotated faces)")
+    parser.add_argument("--tta", action="store_true", help="average each face with its mirror image")
+    parser.add_argument("--out", default="results", help="folder for annotated output (default: results)")
 
 
 def _add_subset_options(parser: argparse.ArgumentParser) -> None:
@@ -75,22 +82,70 @@ def cmd_info(args) -> None:
     _report_skipped(dataset)
 
 
-def cmd_demo(args) -> None:
-    from ferkit import sample
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
-    out = Path(args.out)
-    generated = sample.cartoon_faces(per_class_and_split=args.per_class)
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = sample.write_image_layout(generated, Path(tmp) / "cartoon_fer.zip", ".jpg")
-        print(f"generated {len(generated)} cartoon faces in the FER-2013 zip layout (no download needed)")
-        dataset = data.load_fer2013(archive, progress=False)
-    csv_path = data.write_csv(dataset, out / "demo_faces.csv", progress=False)
-    again = data.load_fer2013(csv_path, progress=False)
-    same = (again.images == dataset.images).all() and (again.labels == dataset.labels).all()
-    print(f"converted to {csv_path} (emotion,pixels,Usage); reloaded identically: {bool(same)}")
-    print(data.summary_table(dataset))
-    print(f"\nNext: get FER-2013 (see README), then `python -m ferkit info PATH` and "
-          f"`python -m ferkit convert PATH data/fer2013.csv`.")
+
+def _predictor(args):
+    from ferkit.prediction import Predictor
+
+    return Predictor(args.model, detector=args.detector, tta=args.tta)
+
+
+def _save_annotated(result, out: Path, stem: str) -> Path:
+    import cv2
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}_annotated.jpg"
+    cv2.imwrite(str(path), result.annotate())
+    return path
+
+
+def cmd_predict(args) -> None:
+    import json
+
+    from ferkit.prediction import predict_folder, write_video_table
+
+    target, out = Path(args.input), Path(args.out)
+    predictor = _predictor(args)
+    if target.is_dir():
+        report = {}
+        for path, result in predict_folder(predictor, target, out):
+            if isinstance(result, str):
+                print(f"skipped: {result}", file=sys.stderr)
+                report[str(path)] = {"error": result}
+            else:
+                print(result.message)
+                report[str(path)] = [f.as_dict() for f in result.faces]
+        if args.json:
+            print(json.dumps(report, indent=2))
+        print(f"annotated images in {out}/")
+    elif target.suffix.lower() in VIDEO_SUFFIXES:
+        out.mkdir(parents=True, exist_ok=True)
+        video_out = out / f"{target.stem}_annotated.mp4"
+        table = predictor.predict_video(target, video_out, stride=args.stride, progress=not args.no_progress)
+        csv_path = write_video_table(table, out / f"{target.stem}_faces.csv")
+        ids = table["face_id"].nunique() if len(table) else 0
+        print(f"{table.attrs['frames']} frames, {len(table)} face rows, {ids} tracked face(s)")
+        print(f"wrote {video_out} and {csv_path}")
+    else:
+        result = predictor.predict(target)
+        if args.json:
+            print(json.dumps([f.as_dict() for f in result.faces], indent=2))
+        else:
+            print(result.message)
+            if result.faces:
+                print(result.table())
+        print(f"wrote {_save_annotated(result, out, target.stem)}")
+
+
+def cmd_demo(args) -> None:
+    from ferkit.images import sample_image
+
+    predictor = _predictor(args)
+    result = predictor.predict(sample_image(), channel_order="bgr", name="sample (skimage.data.astronaut)")
+    print(result.message)
+    print(result.table())
+    print(f"wrote {_save_annotated(result, Path(args.out), 'astronaut')}")
 
 
 def _select(dataset: data.FerDataset, args) -> data.FerDataset:
@@ -146,10 +201,12 @@ def cmd_evaluate(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ferkit",
-        description="Facial expression recognition on FER-2013: read, convert and inspect the dataset.",
+        description="Facial expression recognition on FER-2013: get and inspect the dataset, train and "
+                    "evaluate a CNN, and classify the faces in your photos and videos.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=("examples:\n"
                 "  python -m ferkit demo\n"
+                "  python -m ferkit predict photo.jpg\n"
                 "  python -m ferkit info ~/Downloads/fer2013.zip\n"
                 "  python -m ferkit convert ~/Downloads/fer2013.zip data/fer2013.csv\n"
                 f"  {data.DATA_ENV}=data/fer2013.csv python -m ferkit info --classes fer5"),
@@ -223,12 +280,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reading_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
+    predict = commands.add_parser(
+        "predict", help="find and classify faces in an image, a folder of images or a video",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Detect every face, classify its expression with the model (default: the shipped "
+                    "fer.json + fer.h5) and save annotated copies in --out. Images: JPEG, PNG, BMP, WebP; "
+                    f"videos: {', '.join(VIDEO_SUFFIXES)} (annotated video + per-frame CSV table, faces "
+                    "tracked across frames).",
+        epilog="examples:\n  python -m ferkit predict photo.jpg\n  python -m ferkit predict photos/ --json\n"
+               "  python -m ferkit predict clip.mp4 --stride 2")
+    predict.add_argument("input", help="an image file, a folder of images, or a video file")
+    _add_prediction_options(predict)
+    predict.add_argument("--json", action="store_true", help="print the results as JSON")
+    predict.add_argument("--stride", type=int, default=1, help="videos: analyse every N-th frame (default: 1)")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    predict.set_defaults(func=cmd_predict)
+
     demo = commands.add_parser(
-        "demo", help="run the data pipeline on generated sample faces (no download)",
-        description="Generate cartoon faces in the FER-2013 zip layout, read them, convert to CSV, "
-                    "reload, and print the summary. Needs no dataset.")
-    demo.add_argument("--out", default="results", help="folder for the demo CSV (default: results)")
-    demo.add_argument("--per-class", type=int, default=5, help="images per class and split (default: 5)")
+        "demo", help="annotate the built-in sample photo (no download)",
+        description="Find and classify the face in the sample photo that ships with scikit-image "
+                    "(skimage.data.astronaut), print the result and save the annotated image in --out.")
+    _add_prediction_options(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -239,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (data.DatasetError, ValueError) as error:
+    except (data.DatasetError, ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -32,7 +32,7 @@ class ModelMeta:
     #: Pixels go in as grayscale 0-255; the model rescales them itself.
     input_range: list[float] = field(default_factory=lambda: [0.0, 255.0])
     #: Face crops are squared and grown by this fraction of the box size per side.
-    face_margin: float = 0.1
+    face_margin: float = 0.05
     architecture: str = ""
     #: Label mapping from the original FER-2013 classes (select_classes).
     label_map: dict = field(default_factory=dict)

@@ -1,0 +1,134 @@
+"""Turning whatever the user has into one image format: BGR uint8 (H, W, 3).
+
+Accepted: a path, raw bytes, a numpy array (gray, RGB or BGR, RGBA, 16-bit or
+float), or a PIL image; JPEG, PNG, BMP, WebP (and anything else OpenCV reads).
+EXIF orientation is applied, so phone photos come out upright.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class ImageError(ValueError):
+    """The input is not an image ferkit can read."""
+
+
+def load_image(source, channel_order: str = "rgb", name: str | None = None) -> np.ndarray:
+    """Any supported image input -> BGR uint8 array of shape (H, W, 3).
+
+    Parameters
+    ----------
+    source : str, Path, bytes, numpy array or PIL.Image
+    channel_order : {"rgb", "bgr"}
+        How to read a 3- or 4-channel numpy array: "rgb" for arrays from PIL,
+        matplotlib or scikit-image (the default), "bgr" for arrays from OpenCV.
+    name : str, optional
+        What to call the input in error messages.
+    """
+    if channel_order not in ("rgb", "bgr"):
+        raise ValueError(f"channel_order must be 'rgb' or 'bgr', not {channel_order!r}")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise ImageError(f"{path}: no such file")
+        if path.is_dir():
+            raise ImageError(f"{path}: is a folder, not an image")
+        return decode_image_bytes(path.read_bytes(), name or str(path))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode_image_bytes(bytes(source), name or "image bytes")
+    if isinstance(source, np.ndarray):
+        return _from_array(source, channel_order, name or "array")
+    if type(source).__module__.startswith("PIL."):
+        return _from_pil(source)
+    raise ImageError(f"{name or type(source).__name__}: unsupported input type {type(source).__name__}; "
+                     "pass a path, bytes, a numpy array or a PIL image")
+
+
+def decode_image_bytes(data: bytes, name: str) -> np.ndarray:
+    """Encoded image bytes -> upright BGR uint8 (EXIF orientation applied)."""
+    import cv2
+
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    # IMREAD_COLOR applies the EXIF orientation tag; 16-bit and gray files come back as 8-bit BGR.
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        try:  # Pillow reads a few formats this OpenCV build may lack.
+            from PIL import Image, ImageOps
+
+            with Image.open(io.BytesIO(data)) as pil:
+                return _from_pil(ImageOps.exif_transpose(pil))
+        except Exception:
+            kind = "corrupt or truncated" if data[:4] in (b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe1", b"\x89PNG") else \
+                "not an image, or an unsupported format"
+            raise ImageError(f"{name}: cannot decode ({kind}); expected JPEG, PNG, BMP or WebP") from None
+    return image
+
+
+def _from_pil(image) -> np.ndarray:
+    image = image.convert("RGB") if image.mode not in ("RGB", "L") else image
+    array = np.asarray(image)
+    return _from_array(array, "rgb", "PIL image")
+
+
+def _from_array(array: np.ndarray, channel_order: str, name: str) -> np.ndarray:
+    import cv2
+
+    if array.size == 0:
+        raise ImageError(f"{name}: empty array of shape {array.shape}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageError(f"{name}: expected (H, W) gray, (H, W, 3) colour or (H, W, 4) with alpha, "
+                         f"got shape {array.shape}")
+    array = _to_uint8(array, name)
+    if array.ndim == 2:
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2BGR)
+    if array.shape[2] == 4:
+        array = array[:, :, :3]  # alpha dropped: faces are in the colour channels
+    return np.ascontiguousarray(array[:, :, ::-1] if channel_order == "rgb" else array)
+
+
+def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageError(f"{name}: float image contains NaN or infinity")
+        top = 1.0 if array.max() <= 1.0 else 255.0  # 0-1 floats (skimage, matplotlib) or 0-255
+        return np.clip(array * (255.0 / top), 0, 255).round().astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        if array.min() < 0 or array.max() > 255:
+            raise ImageError(f"{name}: integer pixel values outside 0-255 (dtype {array.dtype})")
+        return array.astype(np.uint8)
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    raise ImageError(f"{name}: unsupported pixel type {array.dtype}")
+
+
+def to_gray(image_bgr: np.ndarray) -> np.ndarray:
+    """BGR uint8 -> grayscale uint8, with the same weights FER-2013's images were made with (ITU-R 601)."""
+    import cv2
+
+    return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+
+
+def sample_image() -> np.ndarray:
+    """The embedded default input: scikit-image's ``astronaut()`` (Eileen Collins, smiling), as BGR.
+
+    It ships inside the scikit-image wheel, so it needs no download.
+    """
+    try:
+        from skimage import data
+    except ImportError as error:
+        raise ImageError("the sample image comes from scikit-image: `pip install scikit-image`") from error
+    return load_image(data.astronaut(), "rgb", "skimage.data.astronaut()")

@@ -1,0 +1,290 @@
+"""Image inputs, face detection, the shared preprocessing, prediction, annotation and video."""
+
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+keras = pytest.importorskip("keras")
+
+from ferkit import faces, images, training  # noqa: E402
+from ferkit.cli import main  # noqa: E402
+from ferkit.model import ModelMeta, build_model, save_model, to_model_input  # noqa: E402
+from ferkit.prediction import Predictor, annotate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return images.sample_image()
+
+
+@pytest.fixture(scope="module")
+def face_patch(astronaut):
+    """The astronaut's head and shoulders, 160x160, to paste into generated scenes."""
+    return cv2.resize(astronaut[30:230, 120:320], (160, 160))
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    """An untrained but complete ferkit model on disk: enough to test the plumbing."""
+    keras.utils.set_random_seed(0)
+    stem = tmp_path_factory.mktemp("model") / "fer"
+    save_model(build_model("vgg_small"), stem, ModelMeta(architecture="vgg_small"))
+    return stem
+
+
+@pytest.fixture(scope="module")
+def predictor(random_model):
+    return Predictor(random_model)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def test_every_input_kind_gives_the_same_bgr(astronaut, tmp_path):
+    rgb = np.ascontiguousarray(astronaut[:, :, ::-1])
+    png = cv2.imencode(".png", astronaut)[1].tobytes()
+    (tmp_path / "a.png").write_bytes(png)
+    for source, order in [(tmp_path / "a.png", "rgb"), (str(tmp_path / "a.png"), "rgb"), (png, "rgb"),
+                          (rgb, "rgb"), (astronaut, "bgr"), (Image.fromarray(rgb), "rgb"),
+                          (np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]), "rgb"),
+                          (rgb.astype(np.uint16) * 257, "rgb"), (rgb / 255.0, "rgb")]:
+        np.testing.assert_array_equal(images.load_image(source, order), astronaut, err_msg=str(type(source)))
+
+
+def test_gray_and_webp_inputs(astronaut):
+    gray = cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY)
+    assert (images.load_image(gray) == gray[..., None]).all()
+    webp = cv2.imencode(".webp", astronaut, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
+    np.testing.assert_array_equal(images.load_image(webp), astronaut)
+
+
+def test_exif_orientation_is_honoured(astronaut):
+    tall = np.ascontiguousarray(astronaut[:, :300, ::-1])  # 512 high, 300 wide, RGB
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(tall).save(buffer, "JPEG", exif=exif.tobytes(), quality=95)
+    loaded = images.load_image(buffer.getvalue())
+    assert loaded.shape[:2] == (300, 512)
+
+
+@pytest.mark.parametrize("source, expected", [
+    (b"", "empty file (0 bytes)"),
+    (b"GIF89a-not-really" * 3, "cannot decode"),
+    (cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes()[:20], "cannot decode (corrupt or truncated)"),
+    ([1, 2, 3], "unsupported input type list"),
+    (np.zeros((4, 4, 2), np.uint8), "got shape (4, 4, 2)"),
+    (np.full((4, 4), -3, np.int32), "outside 0-255"),
+])
+def test_bad_inputs_say_what_is_wrong(source, expected):
+    with pytest.raises(images.ImageError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        images.load_image(source)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(images.ImageError, match="no such file"):
+        images.load_image(tmp_path / "nope.jpg")
+    with pytest.raises(images.ImageError, match="is a folder"):
+        images.load_image(tmp_path)
+
+
+# ---------------------------------------------------------------- detection
+
+
+def test_yunet_finds_the_sample_face(astronaut):
+    found = faces.detect_faces(astronaut)
+    assert len(found) == 1
+    x, y, w, h = found[0].box
+    assert found[0].score > 0.8 and 60 < w < 140 and 80 < h < 160
+    inside = (found[0].landmarks[:, 0] > x) & (found[0].landmarks[:, 0] < x + w) & \
+             (found[0].landmarks[:, 1] > y) & (found[0].landmarks[:, 1] < y + h)
+    assert inside.all()
+
+
+def scene(face_patch, positions, size=(360, 720)):
+    canvas = np.full((*size, 3), 90, np.uint8)
+    for x, y in positions:
+        canvas[y:y + 160, x:x + 160] = face_patch
+    return canvas
+
+
+def test_several_faces_come_left_to_right(face_patch):
+    found = faces.detect_faces(scene(face_patch, [(500, 150), (40, 20), (270, 100)]))
+    assert len(found) == 3
+    xs = [f.box[0] for f in found]
+    assert xs == sorted(xs) and xs[0] < 200 < xs[1] < 450 < xs[2]
+
+
+def test_no_face_is_an_empty_list():
+    assert faces.detect_faces(np.full((240, 320, 3), 128, np.uint8)) == []
+
+
+def test_large_images_are_searched_downscaled(astronaut):
+    small = faces.detect_faces(astronaut)[0].box
+    big = faces.detect_faces(cv2.resize(astronaut, (2560, 2560)), max_side=640)[0].box
+    np.testing.assert_allclose(np.array(big) / 5, small, atol=8)
+
+
+def test_mtcnn_finds_the_sample_face(astronaut):
+    pytest.importorskip("mtcnn")
+    found = faces.detect_faces(astronaut, "mtcnn")
+    yunet = faces.detect_faces(astronaut)[0]
+    assert len(found) == 1 and faces.Face.__name__ == "Face"
+    assert np.hypot(*np.subtract(found[0].center, yunet.center)) < 25
+
+
+def test_haar_works_or_says_why(astronaut):
+    try:
+        found = faces.detect_faces(astronaut, "haar")
+    except faces.DetectorUnavailable as error:
+        assert not hasattr(cv2, "CascadeClassifier") and "OpenCV 5 removed them" in str(error)
+    else:
+        assert len(found) == 1
+
+
+def test_unknown_detector():
+    with pytest.raises(ValueError, match="unknown face detector 'dlib'"):
+        faces.get_detector("dlib")
+
+
+def test_crop_is_square_with_margin_and_survives_the_border():
+    gray = np.tile(np.arange(200, dtype=np.uint8), (100, 1))
+    face = faces.Face((10, 20, 40, 60), 1.0)
+    crop = faces.crop_face(gray, face, 48, margin=0.0)
+    assert crop.shape == (48, 48)
+    # Square of side 60 centred on (30, 50): columns 0..60 of a horizontal ramp.
+    assert abs(int(crop[24, 0]) - 0) <= 2 and abs(int(crop[24, -1]) - 60) <= 3
+    edge = faces.crop_face(gray, faces.Face((0, 0, 30, 30), 1.0), 48, margin=0.5)
+    assert edge.shape == (48, 48) and edge[:, 0].max() == 0  # replicated border, not wrapped
+
+
+# ---------------------------------------------------------------- one preprocessing path
+
+
+def test_training_and_inference_feed_the_model_the_same_way(predictor, astronaut):
+    crops = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    batches = list(training.make_dataset(crops, np.zeros(5, int), 7, 8, training=False))
+    np.testing.assert_array_equal(batches[0][0].numpy(), to_model_input(crops))
+
+    seen = []
+    real_model = predictor.model
+
+    class Recorder:
+        def __call__(self, x, training=False):
+            seen.append(np.array(x))
+            return real_model(x, training=training)
+
+    predictor.model = Recorder()
+    try:
+        result = predictor.predict(astronaut, "bgr")
+    finally:
+        predictor.model = real_model
+    found = faces.detect_faces(astronaut)
+    expected = faces.crop_face(images.to_gray(astronaut), found[0], 48, predictor.meta.face_margin)
+    np.testing.assert_array_equal(seen[0], to_model_input(expected[None]))
+    assert len(result.faces) == 1
+
+
+def test_tta_averages_the_mirror(random_model):
+    plain, mirrored = Predictor(random_model), Predictor(random_model, tta=True)
+    crops = np.random.default_rng(1).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    expected = (plain.classify_crops(crops) + plain.classify_crops(crops[:, :, ::-1])) / 2
+    np.testing.assert_allclose(mirrored.classify_crops(crops), expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- prediction and annotation
+
+
+def test_predictions_carry_box_label_and_probabilities(predictor, face_patch):
+    result = predictor.predict(scene(face_patch, [(40, 20), (500, 150)]), "bgr")
+    assert len(result.faces) == 2 and result.faces[0].box[0] < result.faces[1].box[0]
+    for face in result.faces:
+        assert list(face.probabilities) == predictor.class_names
+        assert sum(face.probabilities.values()) == pytest.approx(1, abs=1e-4)
+        assert face.label == max(face.probabilities, key=face.probabilities.get)
+        assert face.score == face.probabilities[face.label]
+    assert json.loads(json.dumps([f.as_dict() for f in result.faces]))[0]["label"] == result.faces[0].label
+
+
+def test_no_face_is_a_normal_result(predictor):
+    result = predictor.predict(np.full((200, 300, 3), 200, np.uint8), "bgr", name="blank")
+    assert result.faces == [] and result.message == "blank: no face found"
+    assert result.annotate().shape == (200, 300, 3)
+
+
+@pytest.mark.parametrize("size", [160, 640, 3000])
+def test_annotation_draws_only_around_the_face(predictor, face_patch, size):
+    image = cv2.resize(scene(face_patch, [(280, 100)]), (size * 2, size))
+    result = predictor.predict(image, "bgr")
+    drawn = annotate(image, result.faces)
+    changed = np.argwhere((drawn != image).any(axis=2))
+    x, y, w, h = result.faces[0].box
+    line = max(3, round(2 * max(image.shape[:2]) / 640))  # annotate() scales its lines with the image
+    assert len(changed) > 0
+    assert changed[:, 1].min() >= x - line and changed[:, 0].max() <= y + h + line  # box and label only
+    assert (drawn[-5:, -5:] == image[-5:, -5:]).all()
+
+
+# ---------------------------------------------------------------- video
+
+
+def test_video_round_trip_tracks_one_moving_face(predictor, face_patch, tmp_path):
+    clip, frames = tmp_path / "clip.mp4", 24
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 12, (480, 240))
+    for i in range(frames):
+        writer.write(scene(face_patch, [(20 + 8 * i, 40)], size=(240, 480)))
+    writer.release()
+    out = tmp_path / "out.mp4"
+    table = predictor.predict_video(clip, out, stride=2, progress=False)
+    assert table.attrs["frames"] == frames
+    assert list(table["frame"]) == list(range(0, frames, 2))
+    assert table["face_id"].nunique() == 1
+    assert (np.diff(table["x"]) > 0).all()  # the face moves right
+    np.testing.assert_allclose(table[[c for c in table if c.startswith("p_")]].sum(axis=1), 1, atol=1e-4)
+    check = cv2.VideoCapture(str(out))
+    assert int(check.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+
+
+def test_video_that_cannot_open(predictor, tmp_path):
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(RuntimeError, match="cannot open as a video"):
+        predictor.predict_video(tmp_path / "bad.mp4", progress=False)
+
+
+# ---------------------------------------------------------------- command line and the shipped model
+
+
+def test_predict_command_writes_annotation_and_json(random_model, astronaut, tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / "photo.jpg"), astronaut)
+    assert main(["predict", str(tmp_path / "photo.jpg"), "--model", str(random_model), "--out",
+                 str(tmp_path / "out"), "--json"]) == 0
+    printed = capsys.readouterr().out
+    faces_json = json.loads(printed[: printed.rindex("]") + 1])
+    assert len(faces_json) == 1 and set(faces_json[0]) >= {"box", "label", "score", "probabilities"}
+    assert (tmp_path / "out" / "photo_annotated.jpg").exists()
+
+
+def test_predict_command_on_a_folder_reports_bad_files(random_model, astronaut, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), astronaut)
+    (folder / "b.jpg").write_bytes(b"")
+    assert main(["predict", str(folder), "--model", str(random_model), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "a.png" in captured.out and "b.jpg: empty file" in captured.err
+
+
+@pytest.mark.skipif(not (ROOT / "fer.json").exists(), reason="no shipped model (fer.json) in this checkout yet")
+def test_demo_with_the_shipped_model_sees_a_smile(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("sample (skimage.data.astronaut): happy")
+    assert (tmp_path / "astronaut_annotated.jpg").exists()
