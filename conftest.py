@@ -25,6 +25,7 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 NEEDS_DATASET = {"train_model.ipynb"}
+NEEDS_MODEL = {"via_image.ipynb"}
 
 
 def pytest_configure(config):
@@ -36,9 +37,11 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     data = os.environ.get("FERKIT_DATA")
-    if data and Path(data).exists():
-        return
-    reason = "train_model.ipynb needs FER-2013: set FERKIT_DATA=/path/to/fer2013.zip to run it"
+    have_data = bool(data) and Path(data).exists()
+    have_model = (Path(__file__).parent / "fer.json").exists()
     for item in items:
-        if Path(str(item.fspath)).name in NEEDS_DATASET:
-            item.add_marker(pytest.mark.skip(reason=reason))
+        name = Path(str(item.fspath)).name
+        if name in NEEDS_DATASET and not have_data:
+            item.add_marker(pytest.mark.skip(reason=f"{name} needs FER-2013: set FERKIT_DATA=/path/to/fer2013.zip"))
+        if name in NEEDS_MODEL and not have_model:
+            item.add_marker(pytest.mark.skip(reason=f"{name} needs the trained model fer.json + fer.h5"))

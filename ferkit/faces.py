@@ -97,6 +97,9 @@ def _yunet():
     data = YUNET_MODEL.read_bytes()
     if hashlib.sha256(data).hexdigest() != YUNET_SHA256:
         raise DetectorUnavailable(f"{YUNET_MODEL} is damaged (checksum mismatch); restore it from the repository")
+    if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
+        # OpenCV 5 warns on every detector creation that its new graph engine ignores targets.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     net = cv2.FaceDetectorYN.create(str(YUNET_MODEL), "", (320, 320), 0.5, 0.3, 5000)
 
     def detect(image_bgr: np.ndarray) -> list[Face]:

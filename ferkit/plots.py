@@ -115,3 +115,28 @@ def plot_training_curves(history: list[dict], path: str | Path | None = None):
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def plot_prediction(result, path: str | Path | None = None):
+    """The annotated image beside one probability bar chart per face (an ImagePrediction)."""
+    plt = _pyplot()
+    n = max(1, len(result.faces))
+    fig = plt.figure(figsize=(6 + 3.2 * min(n, 4), 5))
+    grid = fig.add_gridspec(n, 2, width_ratios=[2, 1.2])
+    ax = fig.add_subplot(grid[:, 0])
+    ax.imshow(result.annotate()[:, :, ::-1])
+    ax.axis("off")
+    ax.set_title(result.message, fontsize=9)
+    for i, face in enumerate(result.faces):
+        bars = fig.add_subplot(grid[i, 1])
+        names = list(face.probabilities)
+        values = [face.probabilities[k] for k in names]
+        bars.barh(names, values, color=["tab:orange" if k == face.label else "tab:gray" for k in names])
+        bars.set_xlim(0, 1)
+        bars.invert_yaxis()
+        bars.set_title(f"face {i}: {face.label} {face.score:.0%}", fontsize=9)
+        bars.tick_params(labelsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
