@@ -24,8 +24,20 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
+if "FERKIT_WEBCAM_FILE" not in os.environ:
+    # via_webcam.ipynb's camera under nbval: the embedded sample photo, as a file.
+    try:
+        import cv2
+
+        from ferkit.images import sample_image
+
+        cv2.imwrite(str(_scratch / "webcam.png"), sample_image())
+        os.environ["FERKIT_WEBCAM_FILE"] = str(_scratch / "webcam.png")
+    except Exception:  # scikit-image missing: the notebook test will say what failed
+        pass
+
 NEEDS_DATASET = {"train_model.ipynb"}
-NEEDS_MODEL = {"via_image.ipynb"}
+NEEDS_MODEL = {"via_image.ipynb", "via_webcam.ipynb"}
 
 
 def pytest_configure(config):

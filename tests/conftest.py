@@ -23,3 +23,15 @@ def real_fer2013() -> Path:
     if not path.exists():
         pytest.skip(f"{DATA_ENV}={value} does not exist")
     return path
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory):
+    """An untrained but complete ferkit model on disk: enough to test the plumbing."""
+    keras = pytest.importorskip("keras")
+    from ferkit.model import ModelMeta, build_model, save_model
+
+    keras.utils.set_random_seed(0)
+    stem = tmp_path_factory.mktemp("model") / "fer"
+    save_model(build_model("vgg_small"), stem, ModelMeta(architecture="vgg_small"))
+    return stem

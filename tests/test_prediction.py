@@ -13,7 +13,7 @@ keras = pytest.importorskip("keras")
 
 from ferkit import faces, images, training  # noqa: E402
 from ferkit.cli import main  # noqa: E402
-from ferkit.model import ModelMeta, build_model, save_model, to_model_input  # noqa: E402
+from ferkit.model import to_model_input  # noqa: E402
 from ferkit.prediction import Predictor, annotate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,15 +28,6 @@ def astronaut():
 def face_patch(astronaut):
     """The astronaut's head and shoulders, 160x160, to paste into generated scenes."""
     return cv2.resize(astronaut[30:230, 120:320], (160, 160))
-
-
-@pytest.fixture(scope="module")
-def random_model(tmp_path_factory):
-    """An untrained but complete ferkit model on disk: enough to test the plumbing."""
-    keras.utils.set_random_seed(0)
-    stem = tmp_path_factory.mktemp("model") / "fer"
-    save_model(build_model("vgg_small"), stem, ModelMeta(architecture="vgg_small"))
-    return stem
 
 
 @pytest.fixture(scope="module")

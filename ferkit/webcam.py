@@ -1,0 +1,476 @@
+"""Webcam snapshots and live mode in Colab, Jupyter (Lab, Notebook 7, VS Code) and headless runs.
+
+The browser owns the camera, the kernel owns the model, so the image crosses
+a JavaScript bridge:
+
+- **Colab**: ``google.colab.output.eval_js`` runs :data:`CAMERA_JS` and
+  returns a JPEG data URL.
+- **Elsewhere**: :class:`CameraWidget`, an anywidget running the same
+  JavaScript, syncs the frame back through a traitlet (no build step; works in
+  JupyterLab 4, Notebook 7, VS Code).
+- **Headless** (nbval, CI, scripts): set ``FERKIT_WEBCAM_FILE`` to an image or
+  video and the "camera" is that file; every call says so.
+
+Waiting for the browser differs by kernel: with ipykernel 7 a cell must
+``await take_photo_async()`` (a blocking wait would stop the kernel from
+receiving the widget's reply); with ipykernel 6, ``take_photo()`` polls the
+front end with jupyter-ui-poll. Every failure (permission denied, no camera,
+insecure page, preview closed, timeout) ends the call with a WebcamError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ferkit.images import decode_image_bytes, load_image
+
+FILE_ENV = "FERKIT_WEBCAM_FILE"
+
+
+class WebcamError(RuntimeError):
+    """The camera could not deliver an image; the message says why."""
+
+
+CAMERA_JS = r"""
+function ferkitExplain(error) {
+  const name = (error && error.name) || "";
+  if (name === "NotAllowedError" || name === "SecurityError") return "permission to use the camera was denied";
+  if (name === "NotFoundError" || name === "OverconstrainedError") return "no camera found";
+  if (name === "NotReadableError") return "the camera is in use by another program";
+  return String((error && error.message) || error);
+}
+
+async function ferkitOpenCamera(root, width) {
+  if (!window.isSecureContext) throw new Error("insecure context: the page must be served over https or from localhost");
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw new Error("this browser has no camera API");
+  const stream = await navigator.mediaDevices.getUserMedia({video: {width: {ideal: width}}});
+  const box = document.createElement("div");
+  box.style.position = "relative";
+  box.style.display = "inline-block";
+  const video = document.createElement("video");
+  video.srcObject = stream;
+  video.muted = true;
+  video.playsInline = true;
+  box.appendChild(video);
+  root.appendChild(box);
+  await video.play();
+  return {stream, box, video};
+}
+
+function ferkitFrame(video, maxWidth, quality) {
+  const scale = Math.min(1, maxWidth / video.videoWidth);
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.round(video.videoWidth * scale);
+  canvas.height = Math.round(video.videoHeight * scale);
+  canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+  return canvas.toDataURL("image/jpeg", quality);
+}
+
+function ferkitClose(camera, root) {
+  if (camera) camera.stream.getTracks().forEach((track) => track.stop());
+  if (root && root.parentNode) root.remove();
+}
+
+// Snapshot: live preview, Capture and Cancel buttons. Resolves to a JPEG data
+// URL, or to "error:<reason>" (never rejects, so every caller gets a message).
+async function ferkitTakePhoto(parent, quality, timeoutMs) {
+  const root = document.createElement("div");
+  (parent || document.body).appendChild(root);
+  let camera = null;
+  try {
+    camera = await ferkitOpenCamera(root, 1280);
+    const capture = document.createElement("button");
+    capture.textContent = "Capture";
+    const cancel = document.createElement("button");
+    cancel.textContent = "Cancel";
+    root.appendChild(capture);
+    root.appendChild(cancel);
+    return await new Promise((resolve) => {
+      const timer = setTimeout(() => resolve("error:timed out after " + timeoutMs / 1000 + " s without a capture"), timeoutMs);
+      capture.onclick = () => { clearTimeout(timer); resolve(ferkitFrame(camera.video, 1280, quality)); };
+      cancel.onclick = () => { clearTimeout(timer); resolve("error:the preview was closed by the user"); };
+    });
+  } catch (error) {
+    return "error:" + ferkitExplain(error);
+  } finally {
+    ferkitClose(camera, root);
+  }
+}
+
+// Live overlay: draws boxes and labels from the kernel over the video.
+function ferkitDrawOverlay(canvas, video, faces, fps) {
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  const context = canvas.getContext("2d");
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  const unit = Math.max(canvas.width, canvas.height) / 640;
+  context.lineWidth = Math.max(1, 2 * unit);
+  context.font = Math.round(16 * unit) + "px sans-serif";
+  for (const face of faces) {
+    const [x, y, w, h] = face.box.map((v) => v * face.scale);
+    context.strokeStyle = face.color;
+    context.fillStyle = face.color;
+    context.strokeRect(x, y, w, h);
+    context.fillText(face.text, x, Math.max(16 * unit, y - 4 * unit));
+  }
+  context.fillStyle = "yellow";
+  context.fillText(fps.toFixed(1) + " FPS", 8 * unit, canvas.height - 8 * unit);
+}
+"""
+
+_WIDGET_ESM = CAMERA_JS + r"""
+function render({model, el}) {
+  if (model.get("mode") === "snapshot") {
+    ferkitTakePhoto(el, model.get("quality"), model.get("timeout_ms")).then((result) => {
+      if (result.startsWith("error:")) model.set("error", result.slice(6));
+      else model.set("frame", result);
+      model.save_changes();
+    });
+    return;
+  }
+  // Live: send a small frame, wait for the kernel's faces, draw, repeat. Only one
+  // frame is ever in flight, so a slow model drops frames instead of queueing them.
+  let camera = null, running = true, results = [], lastFps = 0;
+  const root = document.createElement("div");
+  el.appendChild(root);
+  const stop = document.createElement("button");
+  stop.textContent = "Stop";
+  const readout = document.createElement("span");
+  readout.className = "ferkit-fps";
+  readout.style.marginLeft = "1em";
+  const send = () => {
+    if (!running) return;
+    // The FPS travels with each frame: the kernel's copy of it is what Python reads.
+    model.send({type: "frame", data: ferkitFrame(camera.video, model.get("frame_width"), 0.7),
+                width: camera.video.videoWidth, fps: lastFps});
+  };
+  model.on("msg:custom", (message) => {
+    if (message.type !== "faces" || !running) return;
+    results.push(performance.now());
+    results = results.filter((t) => t > performance.now() - 3000);
+    const fps = results.length > 1 ? (results.length - 1) / ((results[results.length - 1] - results[0]) / 1000) : 0;
+    ferkitDrawOverlay(overlay, camera.video, message.faces, fps);
+    readout.textContent = fps.toFixed(1) + " FPS";
+    lastFps = fps;
+    send();
+  });
+  let overlay = document.createElement("canvas");
+  stop.onclick = () => {
+    running = false;
+    ferkitClose(camera, null);
+    model.set("running", false);
+    model.save_changes();
+  };
+  ferkitOpenCamera(root, 640).then((opened) => {
+    camera = opened;
+    overlay.style.position = "absolute";
+    overlay.style.left = "0";
+    overlay.style.top = "0";
+    overlay.style.width = "100%";
+    overlay.style.height = "100%";
+    camera.box.appendChild(overlay);
+    root.appendChild(stop);
+    root.appendChild(readout);
+    model.set("running", true);
+    model.save_changes();
+    send();
+  }).catch((error) => { model.set("error", ferkitExplain(error)); model.save_changes(); });
+  return () => { running = false; ferkitClose(camera, null); };
+}
+export default { render };
+"""
+
+
+def _widget_class():
+    import anywidget
+    import traitlets
+
+    class CameraWidget(anywidget.AnyWidget):
+        """The camera in the browser: a snapshot (``mode="snapshot"``) or a live stream (``mode="live"``)."""
+
+        _esm = _WIDGET_ESM
+        mode = traitlets.Unicode("snapshot").tag(sync=True)
+        quality = traitlets.Float(0.9).tag(sync=True)
+        timeout_ms = traitlets.Int(60000).tag(sync=True)
+        frame_width = traitlets.Int(320).tag(sync=True)
+        frame = traitlets.Unicode("").tag(sync=True)
+        error = traitlets.Unicode("").tag(sync=True)
+        running = traitlets.Bool(False).tag(sync=True)
+        fps = traitlets.Float(0.0).tag(sync=True)  # as measured in the browser (results per second)
+        answered = traitlets.Int(0).tag(sync=True)  # live frames the kernel has classified
+
+    return CameraWidget
+
+
+def __getattr__(name):
+    if name == "CameraWidget":  # built lazily: anywidget is only needed in notebooks
+        return _widget_class()
+    raise AttributeError(name)
+
+
+# ----------------------------------------------------------------------------
+# Snapshots
+
+
+def decode_data_url(data_url: str) -> np.ndarray:
+    """``data:image/...;base64,...`` (or ``error:<reason>``) -> BGR uint8 image."""
+    if data_url.startswith("error:"):
+        raise WebcamError(f"webcam: {data_url[6:]}")
+    header, _, payload = data_url.partition(",")
+    if not header.startswith("data:image/") or ";base64" not in header:
+        raise WebcamError(f"webcam: the browser sent no image (got {data_url[:40]!r})")
+    return decode_image_bytes(base64.b64decode(payload), "webcam frame")
+
+
+def file_source() -> Path | None:
+    """The file standing in for the camera, if ``FERKIT_WEBCAM_FILE`` is set."""
+    value = os.environ.get(FILE_ENV)
+    if not value:
+        return None
+    path = Path(value)
+    if not path.exists():
+        raise WebcamError(f"{FILE_ENV}={value}: no such file")
+    return path
+
+
+def _read_file_source(path: Path) -> np.ndarray:
+    print(f"camera: the file {path.name} ({FILE_ENV} is set; no real camera is used)")
+    frames = _video_frames(path, limit=1)
+    return frames[0] if frames else load_image(path)
+
+
+def _video_frames(path: Path, limit: int | None = None) -> list[np.ndarray]:
+    import cv2
+
+    from ferkit.images import IMAGE_SUFFIXES
+
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return []
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while limit is None or len(frames) < limit:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    if not frames:
+        raise WebcamError(f"{path}: neither an image nor a readable video")
+    return frames
+
+
+def _in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def _colab_photo(quality: float, timeout: float) -> np.ndarray:
+    from google.colab import output
+
+    script = CAMERA_JS + f"\nferkitTakePhoto(null, {float(quality)}, {int(timeout * 1000)});"
+    try:
+        data_url = output.eval_js(script, timeout_sec=timeout + 2)
+    except Exception as error:  # Colab raises its own types on a dead front end
+        raise WebcamError(f"webcam: the browser did not answer ({error})") from error
+    return decode_data_url(data_url)
+
+
+def _ipykernel_major() -> int:
+    try:
+        import ipykernel
+
+        return int(ipykernel.__version__.split(".")[0])
+    except (ImportError, ValueError):
+        return 0
+
+
+def take_photo(quality: float = 0.9, timeout: float = 60.0) -> np.ndarray:
+    """Take one webcam snapshot and return it as a BGR uint8 array.
+
+    Works in Colab, in Jupyter with ipykernel 6, and headless with
+    ``FERKIT_WEBCAM_FILE``. In Jupyter with ipykernel 7 use
+    ``await take_photo_async()`` instead (this function says so).
+    """
+    source = file_source()
+    if source is not None:
+        return _read_file_source(source)
+    if _in_colab():
+        return _colab_photo(quality, timeout)
+    if _ipykernel_major() >= 7:
+        raise WebcamError("webcam: in this Jupyter (ipykernel 7+) a cell cannot block while the browser answers; "
+                          "use `photo = await take_photo_async()` instead")
+    try:
+        from jupyter_ui_poll import ui_events
+    except ImportError as error:
+        raise WebcamError("webcam: take_photo() in Jupyter needs jupyter-ui-poll (`pip install jupyter-ui-poll`), "
+                          "or use `await take_photo_async()`") from error
+    widget = _show_widget(quality, timeout)
+    deadline = time.monotonic() + timeout + 2
+    with ui_events() as poll:
+        while not (widget.frame or widget.error):
+            if time.monotonic() > deadline:
+                raise WebcamError(f"webcam: no answer from the browser within {timeout:.0f} s")
+            poll(10)
+            time.sleep(0.05)
+    return _widget_result(widget)
+
+
+async def take_photo_async(quality: float = 0.9, timeout: float = 60.0) -> np.ndarray:
+    """Take one webcam snapshot without blocking the kernel: ``photo = await take_photo_async()``."""
+    source = file_source()
+    if source is not None:
+        return _read_file_source(source)
+    if _in_colab():
+        return _colab_photo(quality, timeout)
+    widget = _show_widget(quality, timeout)
+    loop = asyncio.get_running_loop()
+    answered = loop.create_future()
+
+    def on_change(change):
+        if change["new"] and not answered.done():
+            loop.call_soon_threadsafe(lambda: answered.done() or answered.set_result(None))
+
+    widget.observe(on_change, names=["frame", "error"])
+    try:
+        await asyncio.wait_for(answered, timeout + 2)
+    except asyncio.TimeoutError:
+        raise WebcamError(f"webcam: no answer from the browser within {timeout:.0f} s "
+                          "(is the widget displayed? in ipykernel 6 use take_photo())") from None
+    finally:
+        widget.unobserve(on_change, names=["frame", "error"])
+    return _widget_result(widget)
+
+
+def _show_widget(quality: float, timeout: float):
+    from IPython.display import display
+
+    widget = _widget_class()(mode="snapshot", quality=quality, timeout_ms=int(timeout * 1000))
+    display(widget)
+    return widget
+
+
+def _widget_result(widget) -> np.ndarray:
+    if widget.error:
+        raise WebcamError(f"webcam: {widget.error}")
+    return decode_data_url(widget.frame)
+
+
+# ----------------------------------------------------------------------------
+# Live mode
+
+
+def _faces_message(predictor, image_bgr: np.ndarray, display_width: int) -> dict:
+    from ferkit.prediction import EMOTION_COLORS
+
+    result = predictor.predict(image_bgr, "bgr")
+    scale = display_width / image_bgr.shape[1] if display_width else 1.0
+    faces = []
+    for face in result.faces:
+        b, g, r = EMOTION_COLORS.get(face.label, (160, 160, 160))
+        faces.append({"box": list(face.box), "scale": scale, "text": f"{face.label} {face.score:.0%}",
+                      "color": f"rgb({r},{g},{b})", "label": face.label, "score": face.score})
+    return {"type": "faces", "faces": faces}
+
+
+def live(predictor, frame_width: int = 320, max_frames: int | None = None):
+    """Live mode: boxes and labels drawn over the webcam stream, with an FPS read-out and a Stop button.
+
+    In Jupyter this displays a :class:`CameraWidget` and returns it at once; the
+    kernel answers each frame from the browser while the notebook stays usable
+    (read ``widget.fps``). In Colab it runs the stream in this cell until Stop
+    is pressed. With ``FERKIT_WEBCAM_FILE`` it plays the file's frames
+    through the same code and returns ``{"frames", "fps", "labels"}``.
+    """
+    source = file_source()
+    if source is not None:
+        return _live_from_file(predictor, source, frame_width, max_frames)
+    if _in_colab():
+        return _live_colab(predictor, frame_width, max_frames)
+    widget = _widget_class()(mode="live", frame_width=frame_width)
+
+    def on_message(_widget, content, _buffers):
+        if content.get("type") != "frame":
+            return
+        widget.fps = float(content.get("fps") or 0.0)
+        try:
+            image = decode_data_url(content["data"])
+            widget.send(_faces_message(predictor, image, content.get("width", image.shape[1])))
+            widget.answered += 1
+        except Exception as error:  # keep the stream alive; show the problem instead
+            widget.error = str(error)
+            widget.send({"type": "faces", "faces": []})
+
+    widget.on_msg(on_message)
+    from IPython.display import display
+
+    display(widget)
+    return widget
+
+
+def _live_from_file(predictor, source: Path, frame_width: int, max_frames: int | None):
+    import cv2
+
+    print(f"camera: the file {source.name} ({FILE_ENV} is set; no real camera is used)")
+    frames = _video_frames(source, max_frames) or [load_image(source)] * (max_frames or 1)
+    labels, started = [], time.perf_counter()
+    for frame in frames:
+        scale = frame_width / frame.shape[1]
+        small = cv2.resize(frame, (frame_width, round(frame.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        # The same round trip a browser frame takes: JPEG, base64 data URL, decode, predict.
+        data_url = "data:image/jpeg;base64," + base64.b64encode(cv2.imencode(".jpg", small)[1]).decode()
+        message = _faces_message(predictor, decode_data_url(data_url), frame.shape[1])
+        labels.append([f["label"] for f in message["faces"]])
+    elapsed = time.perf_counter() - started
+    return {"frames": len(frames), "fps": len(frames) / elapsed if elapsed else float("inf"), "labels": labels}
+
+
+_COLAB_STREAM_JS = CAMERA_JS + r"""
+async function ferkitStream(facesJson, width) {
+  if (!window.ferkitLive) {
+    const root = document.createElement("div");
+    document.body.appendChild(root);
+    try { window.ferkitLive = {camera: await ferkitOpenCamera(root, 640), root, stop: false, times: []}; }
+    catch (error) { root.remove(); return "error:" + ferkitExplain(error); }
+    const stop = document.createElement("button");
+    stop.textContent = "Stop";
+    stop.onclick = () => { window.ferkitLive.stop = true; };
+    root.appendChild(stop);
+    const overlay = document.createElement("canvas");
+    overlay.style.position = "absolute"; overlay.style.left = "0"; overlay.style.top = "0";
+    overlay.style.width = "100%"; overlay.style.height = "100%";
+    window.ferkitLive.camera.box.appendChild(overlay);
+    window.ferkitLive.overlay = overlay;
+  }
+  const live = window.ferkitLive;
+  if (live.stop) { ferkitClose(live.camera, live.root); window.ferkitLive = null; return "stop"; }
+  live.times.push(performance.now());
+  live.times = live.times.filter((t) => t > performance.now() - 3000);
+  const fps = live.times.length > 1 ? (live.times.length - 1) / ((live.times[live.times.length - 1] - live.times[0]) / 1000) : 0;
+  ferkitDrawOverlay(live.overlay, live.camera.video, JSON.parse(facesJson), fps);
+  return JSON.stringify({frame: ferkitFrame(live.camera.video, width, 0.7), width: live.camera.video.videoWidth});
+}
+"""
+
+
+def _live_colab(predictor, frame_width: int, max_frames: int | None):
+    from google.colab import output
+
+    faces, frames, started = [], 0, time.perf_counter()
+    while max_frames is None or frames < max_frames:
+        reply = output.eval_js(_COLAB_STREAM_JS + f"\nferkitStream({json.dumps(json.dumps(faces))}, {frame_width});")
+        if reply == "stop":
+            break
+        if reply.startswith("error:"):
+            raise WebcamError(f"webcam: {reply[6:]}")
+        message = json.loads(reply)
+        faces = _faces_message(predictor, decode_data_url(message["frame"]), message["width"])["faces"]
+        frames += 1
+    elapsed = time.perf_counter() - started
+    return {"frames": frames, "fps": frames / elapsed if elapsed else 0.0}
