@@ -13,9 +13,7 @@ import argparse
 import csv
 import os
 import platform
-import statistics
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import cv2
 import numpy as np
 
 from ferkit import data
+from timing import median_seconds
 
 
 def naive_zip_to_arrays(path):
@@ -59,15 +58,6 @@ def naive_read_csv(path):
             images.append(np.array(row["pixels"].split(), dtype=np.uint8).reshape(48, 48))
             labels.append(int(row["emotion"]))
     return np.stack(images), np.array(labels)
-
-
-def median_seconds(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main():

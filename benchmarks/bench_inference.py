@@ -19,20 +19,22 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
+from timing import median_seconds
 
 PEER_SCRIPT = """
 import json, statistics, sys, time
 import cv2, numpy as np
-from fer import FER
+try:
+    from fer import FER  # fer < 25
+except ImportError:
+    from fer.fer import FER
 
 frames, repeats = sys.argv[1:-1], int(sys.argv[-1])
 detector = FER()
@@ -49,7 +51,7 @@ for path in frames:
                  "label": max(faces[0]["emotions"], key=faces[0]["emotions"].get) if faces else None}
 size = detector._FER__emotion_target_size
 for batch in (1, 64):
-    crops = np.random.default_rng(0).uniform(-1, 1, (batch, *size, 1)).astype("float32")
+    crops = np.random.default_rng(0).uniform(-1, 1, (batch, *size)).astype("float32")  # (b, h, w), as detect_emotions passes them
     detector._classify_emotions(crops)
     times = []
     for _ in range(max(5, repeats)):
@@ -70,16 +72,6 @@ def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
     y, x = (height - resized.shape[0]) // 2, (width - resized.shape[1]) // 2
     canvas[y:y + resized.shape[0], x:x + resized.shape[1]] = resized
     return canvas
-
-
-def median_seconds(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main():
