@@ -48,21 +48,30 @@ def write_y4m(path: Path, image_bgr: np.ndarray, frames: int = 30) -> Path:
     return path
 
 
-def notebook(path: Path) -> Path:
-    cells = [
-        f"import asyncio\nfrom ferkit.prediction import Predictor\nfrom ferkit.webcam import live, take_photo_async\n"
-        f"predictor = Predictor({str(ROOT / 'fer')!r})",
-        "photo = await take_photo_async(timeout=90)\nprint('CAPTURED', photo.shape)",
-        "result = predictor.predict(photo, 'bgr', name='browser')\nprint('RESULT', result.message)",
-        "view = live(predictor)",
-        f"await asyncio.sleep({LIVE_SECONDS})\nprint('LIVE', round(view.fps, 2), view.answered, view.running, repr(view.error))",
-    ]
+def notebook(path: Path, cells: list[str]) -> Path:
     content = {"cells": [{"cell_type": "code", "metadata": {}, "source": src, "outputs": [], "execution_count": None}
                          for src in cells],
                "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
                "nbformat": 4, "nbformat_minor": 5}
     path.write_text(json.dumps(content))
     return path
+
+
+SETUP = ("import asyncio\nfrom ferkit.prediction import Predictor\n"
+         "from ferkit.webcam import WebcamError, live, take_photo_async\n"
+         f"predictor = Predictor({str(ROOT / 'fer')!r})")
+SNAPSHOT_AND_LIVE = [
+    SETUP,
+    "photo = await take_photo_async(timeout=90)\nprint('CAPTURED', photo.shape)",
+    "result = predictor.predict(photo, 'bgr', name='browser')\nprint('RESULT', result.message)",
+    "view = live(predictor)",
+    f"await asyncio.sleep({LIVE_SECONDS})\nprint('LIVE', round(view.fps, 2), view.answered, view.running, repr(view.error))",
+]
+DENIED = [
+    SETUP,
+    "import time\nstarted = time.monotonic()\ntry:\n    await take_photo_async(timeout=60)\n"
+    "except WebcamError as error:\n    print('REFUSED', error, round(time.monotonic() - started, 1))",
+]
 
 
 def free_port() -> int:
@@ -104,54 +113,74 @@ def output_text(page, marker: str, timeout_ms: int) -> str:
     return locator.inner_text()
 
 
-def test_snapshot_and_live_mode_in_chromium(jupyter):
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--use-fake-device-for-media-stream"]
+
+
+def run_notebook_in_chromium(jupyter, name, cells, extra_args, check):
+    """Open ``cells`` as a notebook in JupyterLab in headless Chromium, run all, then ``check(page)``."""
     url, token, folder = jupyter
     from ferkit.images import sample_image
 
     y4m = write_y4m(folder / "face.y4m", sample_image())
-    notebook(folder / "webcam_test.ipynb")
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={y4m}"]
+    notebook(folder / name, cells)
+    args = CHROMIUM_ARGS + [f"--use-file-for-fake-video-capture={y4m}"] + extra_args
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        console = []
         try:
             # Start the notebook's kernel session first, so JupyterLab attaches to it instead of asking.
             request = urllib.request.Request(
                 f"{url}/api/sessions?token={token}", method="POST", headers={"Content-Type": "application/json"},
-                data=json.dumps({"path": "webcam_test.ipynb", "type": "notebook", "name": "webcam_test.ipynb",
+                data=json.dumps({"path": name, "type": "notebook", "name": name,
                                  "kernel": {"name": "python3"}}).encode())
             urllib.request.urlopen(request, timeout=30)
             page = browser.new_page()
-            console = []
             page.on("console", lambda message: console.append(message.text))
-            page.goto(f"{url}/lab/tree/webcam_test.ipynb?token={token}")
+            page.goto(f"{url}/lab/tree/{name}?token={token}")
             page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60000)
             page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60000)
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_text("Run All Cells", exact=True).click()
-
-            started = time.monotonic()
-            page.locator(".jp-OutputArea-output button", has_text="Capture").wait_for(timeout=90000)
-            page.locator(".jp-OutputArea-output video").first.wait_for(timeout=30000)
-            page.wait_for_timeout(1000)  # let the fake camera deliver frames
-            page.locator(".jp-OutputArea-output button", has_text="Capture").click()
-
-            captured = output_text(page, "CAPTURED", 60000)
-            assert re.search(r"CAPTURED \(\d+, \d+, 3\)", captured), captured
-            result = output_text(page, "RESULT", 60000)
-            assert "RESULT browser: happy" in result, result
-
-            live = output_text(page, "LIVE", 90000)
-            fps, answered = float(live.split()[1]), int(live.split()[2])
-            assert fps > 0.5 and answered >= LIVE_SECONDS * 0.5, live
-            shown = page.locator(".ferkit-fps").first.inner_text()
-            assert re.fullmatch(r"\d+\.\d FPS", shown) and float(shown.split()[0]) > 0.5, shown
-            print(f"\nbrowser test: live mode {fps:.1f} FPS; whole run {time.monotonic() - started:.0f} s")
+            check(page)
         except Exception:
             print("\nbrowser console:\n" + "\n".join(console[-30:]))
             page.screenshot(path=str(folder / "failure.png"))
-            print(f"\nscreenshot of the failure: {folder / 'failure.png'}")
+            print(f"screenshot of the failure: {folder / 'failure.png'}")
             raise
         finally:
             browser.close()
+
+
+def test_snapshot_and_live_mode_in_chromium(jupyter):
+    def check(page):
+        started = time.monotonic()
+        page.locator(".jp-OutputArea-output button", has_text="Capture").wait_for(timeout=90000)
+        page.locator(".jp-OutputArea-output video").first.wait_for(timeout=30000)
+        page.wait_for_timeout(1000)  # let the fake camera deliver frames
+        page.locator(".jp-OutputArea-output button", has_text="Capture").click()
+
+        captured = output_text(page, "CAPTURED", 60000)
+        assert re.search(r"CAPTURED \(\d+, \d+, 3\)", captured), captured
+        result = output_text(page, "RESULT", 60000)
+        assert "RESULT browser: happy" in result, result
+
+        live = output_text(page, "LIVE", 90000)
+        fps, answered = float(live.split()[1]), int(live.split()[2])
+        assert fps > 0.5 and answered >= LIVE_SECONDS * 0.5, live
+        shown = page.locator(".ferkit-fps").first.inner_text()
+        assert re.fullmatch(r"\d+\.\d FPS", shown) and float(shown.split()[0]) > 0.5, shown
+        print(f"\nbrowser test: live mode {fps:.1f} FPS; whole run {time.monotonic() - started:.0f} s")
+
+    # --use-fake-ui-for-media-stream answers the permission prompt with "allow".
+    run_notebook_in_chromium(jupyter, "webcam_test.ipynb", SNAPSHOT_AND_LIVE, ["--use-fake-ui-for-media-stream"], check)
+
+
+def test_denied_permission_ends_the_call_with_the_reason(jupyter):
+    def check(page):
+        refused = output_text(page, "REFUSED", 60000)
+        assert "webcam: permission to use the camera was denied" in refused, refused
+        assert float(refused.split()[-1]) < 10, refused  # seconds: no hanging kernel
+
+    # Without the fake UI, headless Chromium refuses the camera permission.
+    run_notebook_in_chromium(jupyter, "denied_test.ipynb", DENIED, [], check)
