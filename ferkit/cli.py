@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -167,8 +168,9 @@ def cmd_train(args) -> None:
         threshold_val_accuracy=args.threshold_val_accuracy, early_stopping_patience=args.early_stopping)
     print(f"training {args.architecture} on {len(dataset.split('Training'))} images "
           f"({', '.join(dataset.class_names)}), validating on PublicTest; checkpoints in {args.checkpoint_dir}")
+    command = "python -m ferkit " + shlex.join(args.argv)
     result = training.train(dataset, config, out=args.out, checkpoint_dir=args.checkpoint_dir,
-                             verbose=2 if args.no_progress else "auto")
+                             verbose=2 if args.no_progress else "auto", provenance={"command": command.strip()})
     print(f"best PublicTest accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}"
           + (f"; ThresholdStop stopped at epoch {result.threshold_epoch}" if result.threshold_epoch else ""))
     print("saved " + ", ".join(str(p) for p in result.files.values()))
@@ -308,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's start-up chatter (oneDNN, CUDA probing) drowns the output; errors still show.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded with a trained model
     try:
         args.func(args)
     except (data.DatasetError, ValueError, FileNotFoundError, RuntimeError) as error:

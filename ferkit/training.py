@@ -193,13 +193,14 @@ def read_history(path: Path) -> list[dict]:
 
 def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Path = "fer",
           checkpoint_dir: str | Path = "checkpoints/fer", verbose: int | str = "auto",
-          extra_callbacks: list | None = None) -> TrainResult:
+          extra_callbacks: list | None = None, provenance: dict | None = None) -> TrainResult:
     """Train on ``data``'s Training split, validate on PublicTest, save the best epoch.
 
     Interrupt it at any time: run it again with the same ``checkpoint_dir``
     and it resumes after the last finished epoch (weights, optimizer, learning
     rate schedule and history). The epoch with the best PublicTest accuracy is
     saved as ``out``.json/.h5/.keras/.meta.json; PrivateTest is never looked at.
+    ``provenance`` (e.g. the command line) is recorded in the metadata.
     """
     import keras
 
@@ -276,7 +277,8 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
                                "best_public_test_accuracy": best["val_accuracy"],
                                "threshold_stop_epoch": threshold.stopped_epoch if threshold else None,
                                "hardware": _hardware(),
-                               "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in history), 1)})
+                               "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in history), 1),
+                               **(provenance or {})})
     files = save_model(model, out, meta)
     return TrainResult(model=model, history=history, best_epoch=int(best["epoch"]) + 1,
                        best_val_accuracy=best["val_accuracy"],

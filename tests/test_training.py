@@ -233,3 +233,24 @@ def test_evaluate_aligns_a_subset_model(cartoon):
     assert metrics["PrivateTest"]["images"] == len(subset.split("PrivateTest"))
     assert sum(s["support"] for s in metrics["PrivateTest"]["per_class"].values()) == 28
     assert 0 <= metrics["PrivateTest"]["accuracy_tta"] <= 1
+
+
+def test_train_and_evaluate_commands(cartoon, tmp_path, capsys):
+    from ferkit.cli import main
+    from ferkit.data import write_npz
+
+    dataset = write_npz(cartoon, tmp_path / "faces.npz")
+    argv = ["train", str(dataset), "--architecture", "vgg_small", "--epochs", "1", "--batch-size", "16",
+            "--precision", "float32", "--out", str(tmp_path / "m" / "fer"), "--checkpoint-dir", str(tmp_path / "ck"),
+            "--no-progress"]
+    assert main(argv) == 0
+    meta = json.loads((tmp_path / "m" / "fer.meta.json").read_text())
+    assert meta["training"]["command"].startswith("python -m ferkit train ") and "--epochs 1" in meta["training"]["command"]
+    assert meta["training"]["epochs_run"] == 1 and meta["training"]["train_seconds"] > 0
+    assert main(["evaluate", str(dataset), "--model", str(tmp_path / "m" / "fer"), "--results", str(tmp_path / "r"),
+                 "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+    out = capsys.readouterr().out
+    assert "PrivateTest" in out and "per class" in out
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["PrivateTest"]["images"] == 28 and metrics["training"]["command"] == meta["training"]["command"]
+    assert (tmp_path / "r" / "confusion_matrix.png").exists() and (tmp_path / "r" / "training_curves.png").exists()
