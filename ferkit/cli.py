@@ -57,14 +57,14 @@ def _report_skipped(dataset: data.FerDataset, listing: Path | None = None, shown
 
 def cmd_convert(args) -> None:
     started = time.perf_counter()
-    dataset = _load(args)
     output = Path(args.output)
+    if output.suffix.lower() not in (".csv", ".npz"):
+        raise SystemExit(f"error: {output}: the output must end in .csv (challenge schema) or .npz (fast cache)")
+    dataset = _load(args)
     if output.suffix.lower() == ".npz":
         data.write_npz(dataset, output)
-    elif output.suffix.lower() == ".csv":
-        data.write_csv(dataset, output, progress=not args.no_progress)
     else:
-        raise SystemExit(f"error: {output}: the output must end in .csv (challenge schema) or .npz (fast cache)")
+        data.write_csv(dataset, output, progress=not args.no_progress)
     print(f"wrote {len(dataset)} rows to {output} in {time.perf_counter() - started:.1f} s")
     print(data.summary_table(dataset, stats=False))
     _report_skipped(dataset, output.with_name(output.name + ".skipped.txt"))
@@ -152,6 +152,9 @@ def cmd_demo(args) -> None:
 def _select(dataset: data.FerDataset, args) -> data.FerDataset:
     if not (args.classes or args.merge):
         return dataset
+    bad = [pair for pair in args.merge if "=" not in pair]
+    if bad:
+        raise ValueError(f"--merge {bad[0]!r}: expected SOURCE=TARGET, e.g. --merge disgust=angry")
     merge = dict(pair.split("=", 1) for pair in args.merge)
     keep = args.classes if args.classes in data.SUBSETS or args.classes is None else args.classes.split(",")
     return data.select_classes(dataset, keep, merge)

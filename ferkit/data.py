@@ -195,8 +195,12 @@ def load_fer2013(
         data = _read_npz(path)
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
-            records = _zip_records(archive, path, _ZipMembers(archive, raw))
-            data = _decode_records(records, str(path), resize=resize, progress=progress)
+            inner_csv = _csv_member(archive)
+            if inner_csv is not None:  # e.g. Kaggle's deadskull7/fer2013: fer2013.csv in a zip
+                data = _parse_csv(archive.read(inner_csv), f"{path.name}:{inner_csv.filename}")
+            else:
+                records = _zip_records(archive, path, _ZipMembers(archive, raw))
+                data = _decode_records(records, str(path), resize=resize, progress=progress)
     elif _looks_like_csv(path):
         data = _read_csv(path)
     else:
@@ -430,8 +434,25 @@ def _looks_like_csv(path: Path) -> bool:
 
 
 def _read_csv(path: Path):
-    labels, splits, pixels, bad = _csvcodec.read_fer_csv(path.read_bytes(), path.name, len(CLASS_NAMES), SPLITS)
+    return _parse_csv(path.read_bytes(), path.name)
+
+
+def _parse_csv(content: bytes, name: str):
+    labels, splits, pixels, bad = _csvcodec.read_fer_csv(content, name, len(CLASS_NAMES), SPLITS)
     return pixels.reshape(-1, IMAGE_SIZE, IMAGE_SIZE), labels, splits, bad
+
+
+def _csv_member(archive: zipfile.ZipFile) -> zipfile.ZipInfo | None:
+    """The FER CSV inside a zip that holds no image layout, if there is one."""
+    infos = [i for i in archive.infolist() if not i.is_dir() and not _is_os_junk(i.filename.split("/"))]
+    if any(i.filename.lower().endswith(IMAGE_SUFFIXES) for i in infos):
+        return None
+    for info in infos:
+        if info.filename.lower().endswith(".csv"):
+            with archive.open(info) as f:
+                if b"pixels" in f.readline().lower():
+                    return info
+    return None
 
 
 def write_csv(data: FerDataset, path: str | os.PathLike, *, progress: bool = True) -> Path:

@@ -45,6 +45,12 @@ def test_info_with_subset_and_env_setting(cartoon, tmp_path, capsys, monkeypatch
     assert "(changed: {'disgust': 'angry'})" in capsys.readouterr().out
 
 
+def test_malformed_merge(cartoon, tmp_path, capsys):
+    source = data.write_npz(cartoon, tmp_path / "c.npz")
+    assert main(["info", str(source), "--merge", "disgust"]) == 2
+    assert "expected SOURCE=TARGET" in capsys.readouterr().err
+
+
 def test_unknown_output_format(cartoon, tmp_path):
     source = data.write_npz(cartoon, tmp_path / "c.npz")
     with pytest.raises(SystemExit, match="must end in .csv"):

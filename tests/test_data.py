@@ -55,6 +55,13 @@ def test_csv_and_npz_round_trip(cartoon, tmp_path):
     assert_same(load_fer2013(npz_path), cartoon)
 
 
+def test_csv_inside_a_zip(cartoon, tmp_path):
+    csv_path = write_csv(cartoon, tmp_path / "fer2013.csv", progress=False)
+    with zipfile.ZipFile(tmp_path / "archive.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(csv_path, "fer2013.csv")
+    assert_same(load_fer2013(tmp_path / "archive.zip"), cartoon)
+
+
 def test_written_csv_has_the_challenge_schema(cartoon, tmp_path):
     path = write_csv(cartoon, tmp_path / "out.csv", progress=False)
     rows = list(csv.DictReader(open(path)))
