@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ferkit import faces as face_module
-from ferkit.images import load_image, to_gray
+from ferkit.images import ImageError, load_image, to_gray
 from ferkit.model import load_model, to_model_input
 
 #: One colour per emotion (BGR), chosen to stay distinguishable; unknown names get grey.
@@ -157,7 +157,7 @@ class Predictor:
 
         capture = cv2.VideoCapture(str(source))
         if not capture.isOpened():
-            raise face_module.DetectorUnavailable(f"{source}: cannot open as a video (missing file or unsupported codec)")
+            raise ImageError(f"{source}: cannot open as a video (missing file or unsupported codec)")
         fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
         writer = None
@@ -283,7 +283,7 @@ def annotate(image_bgr: np.ndarray, predictions: list[FacePrediction]) -> np.nda
 
 def predict_folder(predictor: Predictor, folder: str | Path, out_dir: str | Path | None = None):
     """Predict every image in ``folder`` (sorted); yields (path, ImagePrediction or error message)."""
-    from ferkit.images import IMAGE_SUFFIXES, ImageError
+    from ferkit.images import IMAGE_SUFFIXES
 
     for path in sorted(Path(folder).iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES:

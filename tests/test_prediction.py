@@ -244,7 +244,7 @@ def test_video_round_trip_tracks_one_moving_face(predictor, face_patch, tmp_path
 
 def test_video_that_cannot_open(predictor, tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
-    with pytest.raises(RuntimeError, match="cannot open as a video"):
+    with pytest.raises(images.ImageError, match="cannot open as a video"):
         predictor.predict_video(tmp_path / "bad.mp4", progress=False)
 
 
