@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import json
 import sys
 import time
 import types
@@ -183,3 +184,27 @@ def test_live_from_file_runs_the_browser_round_trip(monkeypatch, tmp_path, rando
     report = webcam.live(Predictor(random_model))
     assert report["frames"] == 6 and report["fps"] > 0
     assert [len(labels) for labels in report["labels"]] == [1] * 6
+
+
+def test_colab_live_loop_draws_then_stops(fake_colab, random_model, photo):
+    from ferkit.prediction import Predictor
+
+    output, calls = fake_colab
+    frame = json.dumps({"frame": data_url(cv2.resize(photo, (320, 320))), "width": 640})
+    answers = iter([frame, frame, "stop"])
+    output.eval_js = lambda script, timeout_sec=None: calls.append(script) or next(answers)
+    report = webcam.live(Predictor(random_model))
+    assert report["frames"] == 2
+    # Each call hands the browser the faces found in the previous frame, to draw over the video.
+    assert 'ferkitStream("[]", 320)' in calls[0]
+    drawn = json.loads(json.loads(calls[1].rsplit("ferkitStream(", 1)[1].split(", 320)")[0]))
+    assert len(drawn) == 1 and drawn[0]["scale"] == pytest.approx(2.0)
+
+
+def test_colab_live_reports_a_denied_camera(fake_colab, random_model):
+    from ferkit.prediction import Predictor
+
+    output, _ = fake_colab
+    output.answer = "error:permission to use the camera was denied"
+    with pytest.raises(webcam.WebcamError, match="permission to use the camera was denied"):
+        webcam.live(Predictor(random_model))
