@@ -17,7 +17,7 @@ from ferkit.data import (  # noqa: F401
     write_csv,
     write_npz,
 )
-from ferkit.evaluation import evaluate, write_results  # noqa: F401
+from ferkit.evaluation import evaluate, format_metrics, write_results  # noqa: F401
 from ferkit.model import build_model, load_model, save_model  # noqa: F401
 from ferkit.plots import plot_class_balance, plot_confusion_matrix, plot_samples, plot_training_curves  # noqa: F401
 from ferkit.sample import cartoon_faces, write_image_layout  # noqa: F401

@@ -189,17 +189,7 @@ def cmd_evaluate(args) -> None:
     files = evaluation.write_results(metrics, history, args.results,
                                      extra={"model": str(args.model), "dataset": dataset.source,
                                             "training": meta.training})
-    print(f"{'split':<12} {'images':>6} {'accuracy':>9} {'with TTA':>9}")
-    for split in ("PublicTest", "PrivateTest"):
-        if split in metrics:
-            m = metrics[split]
-            tta = f"{m['accuracy_tta']:.4f}" if "accuracy_tta" in m else "-"
-            print(f"{split:<12} {m['images']:>6} {m['accuracy']:>9.4f} {tta:>9}")
-    if "PrivateTest" in metrics:
-        print("\nPrivateTest per class:")
-        print(f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}")
-        for name, s in metrics["PrivateTest"]["per_class"].items():
-            print(f"{name:<10} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['support']:>7}")
+    print(evaluation.format_metrics(metrics))
     print("wrote " + ", ".join(str(p) for p in files.values()))
 
 

@@ -71,6 +71,21 @@ def evaluate(model, meta: ModelMeta, data: FerDataset, tta: bool = True) -> dict
     return results
 
 
+def format_metrics(metrics: dict) -> str:
+    """Accuracy per split (with TTA when measured) and PrivateTest's per-class scores, as text."""
+    lines = [f"{'split':<12} {'images':>6} {'accuracy':>9} {'with TTA':>9}"]
+    for split in ("PublicTest", "PrivateTest"):
+        if split in metrics:
+            m = metrics[split]
+            tta = f"{m['accuracy_tta']:.4f}" if "accuracy_tta" in m else "-"
+            lines.append(f"{split:<12} {m['images']:>6} {m['accuracy']:>9.4f} {tta:>9}")
+    if "PrivateTest" in metrics:
+        lines += ["", "PrivateTest per class:", f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}"]
+        for name, s in metrics["PrivateTest"]["per_class"].items():
+            lines.append(f"{name:<10} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['support']:>7}")
+    return "\n".join(lines)
+
+
 def write_results(metrics: dict, history: list[dict], results_dir: str | Path = "results",
                   extra: dict | None = None) -> dict[str, Path]:
     """Write metrics.json, confusion_matrix.png and training_curves.png into ``results_dir``."""
