@@ -168,7 +168,10 @@ def cmd_train(args) -> None:
         architecture=args.architecture, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, class_weight=args.class_weight,
         precision=args.precision, threshold_accuracy=args.threshold_accuracy,
-        threshold_val_accuracy=args.threshold_val_accuracy, early_stopping_patience=args.early_stopping)
+        threshold_val_accuracy=args.threshold_val_accuracy, early_stopping_patience=args.early_stopping,
+        warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+        init_weights=args.init_weights,
+        augmentation=training.Augmentation(erase_probability=args.erase_probability))
     print(f"training {args.architecture} on {len(dataset.split('Training'))} images "
           f"({', '.join(dataset.class_names)}), validating on PublicTest; checkpoints in {args.checkpoint_dir}")
     command = "python -m ferkit " + shlex.join(args.argv)
@@ -244,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
                        help="peak learning rate (SGD, Nesterov momentum, warm-up then cosine decay)")
+    train.add_argument("--warmup-epochs", type=int, default=defaults.warmup_epochs,
+                       help="epochs of linear learning-rate warm-up before the cosine decay")
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    train.add_argument("--erase-probability", type=float, default=defaults.augmentation.erase_probability,
+                       help="chance that an image gets a random rectangle of noise (random erasing)")
+    train.add_argument("--init-weights", metavar="MODEL",
+                       help="start from this saved model's weights (stem or .h5; same architecture and classes), "
+                            "e.g. a second training stage or fine-tuning the shipped fer model")
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--threshold-accuracy", type=float, metavar="A",
                        help="ThresholdStop: stop once training accuracy >= A (with --threshold-val-accuracy)")

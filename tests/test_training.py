@@ -154,6 +154,28 @@ def test_load_model_without_files_explains(tmp_path):
         load_model(tmp_path / "fer")
 
 
+def test_training_starts_from_init_weights(cartoon, tmp_path):
+    source = build_model("vgg_small")
+    save_model(source, tmp_path / "stage1" / "fer", ModelMeta(architecture="vgg_small"))
+    # A learning rate too small to move anything: the result must still be the source's weights.
+    config = training.TrainConfig(architecture="vgg_small", epochs=1, batch_size=32, warmup_epochs=0,
+                                  learning_rate=1e-12, weight_decay=0.0, precision="float32",
+                                  init_weights=str(tmp_path / "stage1" / "fer"))
+    result = training.train(cartoon, config, out=tmp_path / "stage2" / "fer", checkpoint_dir=tmp_path / "ck",
+                            verbose=0)
+    kernel = result.model.get_layer("stage1a_conv").kernel.numpy()
+    np.testing.assert_allclose(kernel, source.get_layer("stage1a_conv").kernel.numpy(), atol=1e-6)
+    assert json.loads((tmp_path / "stage2" / "fer.meta.json").read_text())["training"]["config"][
+        "init_weights"].endswith("fer")
+
+
+def test_init_weights_of_another_shape_explains(tmp_path):
+    save_model(build_model("vgg_small", num_classes=5), tmp_path / "fer5",
+               ModelMeta(class_names=["a", "b", "c", "d", "e"], architecture="vgg_small"))
+    with pytest.raises(ValueError, match="fer5: its weights do not fit a vgg with 7 classes.*5 classes"):
+        training.load_initial_weights(build_model("vgg"), tmp_path / "fer5")
+
+
 # ---------------------------------------------------------------- resume and distribution
 
 TRAIN_SCRIPT = """
