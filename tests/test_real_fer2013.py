@@ -1,7 +1,13 @@
 """Checks on the real FER-2013 archive; skipped unless $FERKIT_DATA points at it."""
 
 import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,3 +83,36 @@ def test_splits_have_matching_image_statistics(real):
         for key in ("mean", "contrast"):
             assert abs(stats[split][key] - stats["Training"][key]) < 0.05 * stats["Training"][key]
         assert abs(stats[split]["sharpness"] - stats["Training"]["sharpness"]) < 0.15 * stats["Training"]["sharpness"]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not (ROOT / "results" / "metrics.json").exists(), reason="no shipped results/metrics.json")
+def test_shipped_model_in_plain_keras_reproduces_reported_accuracy(real, tmp_path):
+    """The README's headline: fer.json + fer.h5, loaded without ferkit, score what metrics.json says."""
+    reported = json.loads((ROOT / "results" / "metrics.json").read_text())
+    for split in ("PublicTest", "PrivateTest"):
+        part = real.split(split)
+        np.save(tmp_path / f"{split}.npy", part.images)
+        np.save(tmp_path / f"{split}_labels.npy", part.labels)
+    script = f"""
+        import json, sys, numpy as np, keras
+        model = keras.models.model_from_json(open({str(ROOT / "fer.json")!r}).read())
+        model.load_weights({str(ROOT / "fer.h5")!r})
+        # The documented preprocessing: (N, 48, 48, 1) float32 grayscale, pixel values 0-255.
+        scores = {{}}
+        for split in ("PublicTest", "PrivateTest"):
+            faces = np.load(split + ".npy")[..., None].astype("float32")
+            predicted = model.predict(faces, batch_size=256, verbose=0).argmax(axis=1)
+            scores[split] = float((predicted == np.load(split + "_labels.npy")).mean())
+        assert not any(m.startswith("ferkit") for m in sys.modules), "ferkit was imported"
+        print("SCORES", json.dumps(scores))
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.loads(result.stdout.split("SCORES", 1)[1])
+    for split, accuracy in scores.items():
+        # One image of 3,589 is 0.00028: allow a single float round-off flip, no more.
+        assert abs(accuracy - reported[split]["accuracy"]) <= 0.0003, (split, accuracy, reported[split]["accuracy"])
