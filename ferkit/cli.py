@@ -171,7 +171,8 @@ def cmd_train(args) -> None:
         threshold_val_accuracy=args.threshold_val_accuracy, early_stopping_patience=args.early_stopping,
         warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         init_weights=args.init_weights,
-        augmentation=training.Augmentation(erase_probability=args.erase_probability))
+        augmentation=training.Augmentation(rotation_degrees=args.rotation, zoom=args.zoom, shift=args.shift,
+                                           erase_probability=args.erase_probability))
     print(f"training {args.architecture} on {len(dataset.split('Training'))} images "
           f"({', '.join(dataset.class_names)}), validating on PublicTest; checkpoints in {args.checkpoint_dir}")
     command = "python -m ferkit " + shlex.join(args.argv)
@@ -251,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs of linear learning-rate warm-up before the cosine decay")
     train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    train.add_argument("--rotation", type=float, default=defaults.augmentation.rotation_degrees, metavar="DEGREES",
+                       help="random rotation, drawn from [-DEGREES, DEGREES]")
+    train.add_argument("--zoom", type=float, default=defaults.augmentation.zoom,
+                       help="random scale, drawn from [1 - ZOOM, 1 + ZOOM]")
+    train.add_argument("--shift", type=float, default=defaults.augmentation.shift,
+                       help="random shift per axis, as a fraction of the image size")
     train.add_argument("--erase-probability", type=float, default=defaults.augmentation.erase_probability,
                        help="chance that an image gets a random rectangle of noise (random erasing)")
     train.add_argument("--init-weights", metavar="MODEL",

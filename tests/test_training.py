@@ -264,9 +264,17 @@ def test_train_and_evaluate_commands(cartoon, tmp_path, capsys):
     dataset = write_npz(cartoon, tmp_path / "faces.npz")
     argv = ["train", str(dataset), "--architecture", "vgg_small", "--epochs", "1", "--batch-size", "16",
             "--precision", "float32", "--out", str(tmp_path / "m" / "fer"), "--checkpoint-dir", str(tmp_path / "ck"),
-            "--no-progress"]
+            "--no-progress", "--rotation", "7", "--zoom", "0.05", "--shift", "0.02", "--erase-probability", "0",
+            "--weight-decay", "1e-4", "--label-smoothing", "0", "--learning-rate", "0.01", "--warmup-epochs", "0"]
     assert main(argv) == 0
     meta = json.loads((tmp_path / "m" / "fer.meta.json").read_text())
+    # Every training option on the command line reaches the configuration that was trained and recorded.
+    config = meta["training"]["config"]
+    assert config["augmentation"] | {"flip": None, "brightness": None, "contrast": None} == {
+        "rotation_degrees": 7.0, "zoom": 0.05, "shift": 0.02, "erase_probability": 0.0,
+        "flip": None, "brightness": None, "contrast": None}
+    assert (config["weight_decay"], config["label_smoothing"], config["learning_rate"], config["warmup_epochs"]) == (
+        1e-4, 0.0, 0.01, 0)
     assert meta["training"]["command"].startswith("python -m ferkit train ") and "--epochs 1" in meta["training"]["command"]
     assert meta["training"]["epochs_run"] == 1 and meta["training"]["train_seconds"] > 0
     assert main(["evaluate", str(dataset), "--model", str(tmp_path / "m" / "fer"), "--results", str(tmp_path / "r"),
