@@ -189,7 +189,12 @@ def cmd_evaluate(args) -> None:
     model, meta = model_module.load_model(args.model)
     dataset = _load(args)
     metrics = evaluation.evaluate(model, meta, dataset, tta=not args.no_tta)
-    history = training.read_history(Path(args.checkpoint_dir) / "history.csv")
+    histories = []
+    for folder in args.checkpoint_dir or ["checkpoints/fer"]:
+        histories.append(training.read_history(Path(folder) / "history.csv"))
+        if not histories[-1]:
+            print(f"note: no {Path(folder) / 'history.csv'}, so no training curves from it")
+    history = training.join_histories(histories)
     files = evaluation.write_results(metrics, history, args.results,
                                      extra={"model": str(args.model), "dataset": dataset.source,
                                             "training": meta.training})
@@ -288,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("input", nargs="?", help=_DATA_HELP)
     evaluate.add_argument("--model", default="fer", help="model stem or .json/.h5 path (default: fer)")
     evaluate.add_argument("--results", default="results", help="output folder (default: results)")
-    evaluate.add_argument("--checkpoint-dir", default="checkpoints/fer",
-                          help="where training wrote history.csv, for the training curves")
+    evaluate.add_argument("--checkpoint-dir", action="append", metavar="DIR",
+                          help="where training wrote history.csv, for the training curves (default: "
+                               "checkpoints/fer); repeat it, in order, for a model trained in stages "
+                               "(--init-weights)")
     evaluate.add_argument("--no-tta", action="store_true", help="skip test-time augmentation")
     _add_reading_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)

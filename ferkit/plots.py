@@ -107,6 +107,11 @@ def plot_training_curves(history: list[dict], path: str | Path | None = None):
     for ax, metric in zip(axes, ("accuracy", "loss")):
         ax.plot(epochs, [r[metric] for r in history], label=f"train {metric}")
         ax.plot(epochs, [r[f"val_{metric}"] for r in history], label=f"PublicTest {metric}")
+        for before, row in zip(history, history[1:]):
+            if row.get("stage", 1) != before.get("stage", 1):  # a model trained in stages (join_histories)
+                ax.axvline(int(row["epoch"]) + 0.5, color="grey", linestyle="--", linewidth=1)
+                ax.text(int(row["epoch"]) + 1, ax.get_ylim()[1], f" stage {int(row['stage'])}",
+                        va="top", fontsize=8, color="grey")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)

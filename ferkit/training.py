@@ -193,6 +193,19 @@ def read_history(path: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def join_histories(histories: list[list[dict]]) -> list[dict]:
+    """One history from the stages of a model trained in turns (``init_weights``).
+
+    Epochs are renumbered to run on from stage to stage, and each row gets its
+    1-based ``stage``, so curves show the whole training of the model.
+    """
+    joined = []
+    for stage, history in enumerate(histories, start=1):
+        offset = len(joined)
+        joined += [{**row, "epoch": offset + i, "stage": stage} for i, row in enumerate(history)]
+    return joined
+
+
 def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Path = "fer",
           checkpoint_dir: str | Path = "checkpoints/fer", verbose: int | str = "auto",
           extra_callbacks: list | None = None, provenance: dict | None = None) -> TrainResult:

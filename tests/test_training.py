@@ -197,6 +197,16 @@ TRAIN_SCRIPT = """
 """
 
 
+def test_join_histories_runs_epochs_on_across_stages():
+    first = [{"epoch": 0.0, "val_accuracy": 0.3}, {"epoch": 1.0, "val_accuracy": 0.4}]
+    second = [{"epoch": e, "val_accuracy": 0.5 + e / 10} for e in (0.0, 1.0, 2.0)]
+    joined = training.join_histories([first, second])
+    assert [r["epoch"] for r in joined] == [0, 1, 2, 3, 4]
+    assert [r["stage"] for r in joined] == [1, 1, 2, 2, 2]
+    assert [r["val_accuracy"] for r in joined] == [0.3, 0.4, 0.5, 0.6, 0.7]  # rows keep their order and values
+    assert training.join_histories([first]) == [{**r, "stage": 1} for r in first]
+
+
 def test_training_resumes_after_a_kill(tmp_path):
     crashed = subprocess.run([sys.executable, "-c", textwrap.dedent(TRAIN_SCRIPT)], cwd=tmp_path,
                              env={**ENV, "CRASH_AFTER": "2"}, capture_output=True, text=True, timeout=300)
@@ -278,9 +288,10 @@ def test_train_and_evaluate_commands(cartoon, tmp_path, capsys):
     assert meta["training"]["command"].startswith("python -m ferkit train ") and "--epochs 1" in meta["training"]["command"]
     assert meta["training"]["epochs_run"] == 1 and meta["training"]["train_seconds"] > 0
     assert main(["evaluate", str(dataset), "--model", str(tmp_path / "m" / "fer"), "--results", str(tmp_path / "r"),
-                 "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+                 "--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-dir", str(tmp_path / "missing")]) == 0
     out = capsys.readouterr().out
     assert "PrivateTest" in out and "per class" in out
+    assert f"no {tmp_path / 'missing' / 'history.csv'}" in out  # a stage without history is named, not ignored
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["PrivateTest"]["images"] == 28 and metrics["training"]["command"] == meta["training"]["command"]
     assert (tmp_path / "r" / "confusion_matrix.png").exists() and (tmp_path / "r" / "training_curves.png").exists()
