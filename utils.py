@@ -21,4 +21,4 @@ from ferkit.evaluation import evaluate, format_metrics, write_results  # noqa: F
 from ferkit.model import build_model, load_model, save_model  # noqa: F401
 from ferkit.plots import plot_class_balance, plot_confusion_matrix, plot_samples, plot_training_curves  # noqa: F401
 from ferkit.sample import cartoon_faces, write_image_layout  # noqa: F401
-from ferkit.training import Augmentation, TrainConfig, read_history, train  # noqa: F401
+from ferkit.training import Augmentation, TrainConfig, join_histories, read_history, train  # noqa: F401
