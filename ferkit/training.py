@@ -238,8 +238,7 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     steps_per_epoch = len(train_split) // batch_size or 1
     with strategy.scope():
         model = build_model(config.architecture, num_classes)
-        if config.init_weights:
-            load_initial_weights(model, config.init_weights)
+        initial_meta = load_initial_weights(model, config.init_weights) if config.init_weights else None
         warmup = config.warmup_epochs * steps_per_epoch
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=config.learning_rate / 10 if warmup else config.learning_rate,
@@ -295,7 +294,9 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
                                "threshold_stop_epoch": threshold.stopped_epoch if threshold else None,
                                "hardware": _hardware(),
                                "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in history), 1),
-                               **(provenance or {})})
+                               **(provenance or {}),
+                               # How the starting model was trained: a staged model records every stage.
+                               **({"init_weights_training": initial_meta.training} if initial_meta else {})})
     files = save_model(model, out, meta)
     return TrainResult(model=model, history=history, best_epoch=int(best["epoch"]) + 1,
                        best_val_accuracy=best["val_accuracy"],
@@ -303,8 +304,8 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
                        wall_seconds=wall, files=files)
 
 
-def load_initial_weights(model, path: str | Path) -> None:
-    """Copy a saved model's weights (``path``: stem or .json/.h5/.keras) into ``model``.
+def load_initial_weights(model, path: str | Path) -> ModelMeta:
+    """Copy a saved model's weights (``path``: stem or .json/.h5/.keras) into ``model``; return its metadata.
 
     For a second, differently regularised training stage or fine-tuning; the
     saved model must have the same architecture and number of classes.
@@ -319,6 +320,7 @@ def load_initial_weights(model, path: str | Path) -> None:
                          f"(it is a {meta.architecture or source.name} with {len(meta.class_names)} classes); "
                          f"train with --architecture {meta.architecture or source.name} and its classes")
     model.set_weights(source.get_weights())
+    return meta
 
 
 def _hardware() -> str:
