@@ -7,12 +7,20 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ferkit import data
 
 _DATA_HELP = (f"FER-2013 as the Kaggle msambare/fer2013 zip, its extracted folder, fer2013.csv "
               f"or a ferkit .npz; defaults to ${data.DATA_ENV}")
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def _add_reading_options(parser: argparse.ArgumentParser) -> None:
@@ -165,14 +173,18 @@ def cmd_train(args) -> None:
 
     dataset = _select(_load(args), args).limit(args.limit, args.seed)
     config = training.TrainConfig(
-        architecture=args.architecture, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, seed=args.seed, class_weight=args.class_weight,
-        precision=args.precision, threshold_accuracy=args.threshold_accuracy,
+        architecture=args.architecture, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+        class_weight=args.class_weight, precision=args.precision, threshold_accuracy=args.threshold_accuracy,
         threshold_val_accuracy=args.threshold_val_accuracy, early_stopping_patience=args.early_stopping,
-        warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-        init_weights=args.init_weights,
-        augmentation=training.Augmentation(rotation_degrees=args.rotation, zoom=args.zoom, shift=args.shift,
-                                           erase_probability=args.erase_probability))
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, init_weights=args.init_weights,
+        augmentation=training.Augmentation(shift=args.shift, erase_probability=args.erase_probability))
+    if args.finetune_from:
+        config = config.second_stage(args.finetune_from)
+    # Options left unset keep the stage's own values; options given always win.
+    given = lambda **options: {name: value for name, value in options.items() if value is not None}
+    config = replace(config, **given(learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs),
+                     augmentation=replace(config.augmentation,
+                                          **given(rotation_degrees=args.rotation, zoom=args.zoom)))
     print(f"training {args.architecture} on {len(dataset.split('Training'))} images "
           f"({', '.join(dataset.class_names)}), validating on PublicTest; checkpoints in {args.checkpoint_dir}")
     command = "python -m ferkit " + shlex.join(args.argv)
@@ -190,7 +202,7 @@ def cmd_evaluate(args) -> None:
     dataset = _load(args)
     metrics = evaluation.evaluate(model, meta, dataset, tta=not args.no_tta)
     histories = []
-    for folder in args.checkpoint_dir or ["checkpoints/fer"]:
+    for folder in args.checkpoint_dir or [training.DEFAULT_CHECKPOINT_DIR]:
         histories.append(training.read_history(Path(folder) / "history.csv"))
         if not histories[-1]:
             print(f"note: no {Path(folder) / 'history.csv'}, so no training curves from it")
@@ -237,38 +249,50 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     from ferkit.model import ARCHITECTURES, DEFAULT_ARCHITECTURE
-    from ferkit.training import TrainConfig
+    from ferkit.training import DEFAULT_CHECKPOINT_DIR, TrainConfig
 
     defaults = TrainConfig()
     train = commands.add_parser(
         "train", help="train a CNN on the Training split, select on PublicTest, save fer.json/fer.h5",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
         description="Train on Training, validate on PublicTest every epoch, keep the best epoch, and save "
                     "OUT.json (architecture), OUT.h5 (weights), OUT.keras and OUT.meta.json (class names, "
                     "preprocessing). Checkpoints after every epoch: run the same command again after an "
                     "interruption and it resumes where it stopped.")
     train.add_argument("input", nargs="?", help=_DATA_HELP)
-    train.add_argument("--architecture", default=DEFAULT_ARCHITECTURE, choices=sorted(ARCHITECTURES))
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
-                       help="peak learning rate (SGD, Nesterov momentum, warm-up then cosine decay)")
-    train.add_argument("--warmup-epochs", type=int, default=defaults.warmup_epochs,
-                       help="epochs of linear learning-rate warm-up before the cosine decay")
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    train.add_argument("--rotation", type=float, default=defaults.augmentation.rotation_degrees, metavar="DEGREES",
-                       help="random rotation, drawn from [-DEGREES, DEGREES]")
-    train.add_argument("--zoom", type=float, default=defaults.augmentation.zoom,
-                       help="random scale, drawn from [1 - ZOOM, 1 + ZOOM]")
+    train.add_argument("--architecture", default=DEFAULT_ARCHITECTURE, choices=sorted(ARCHITECTURES),
+                       help="network to build (see ferkit.model)")
+    train.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs over the Training split")
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
+    second = defaults.second_stage("MODEL")
+    train.add_argument("--learning-rate", type=float,
+                       help=f"peak learning rate (SGD, Nesterov momentum, warm-up then cosine decay) "
+                            f"(default: {defaults.learning_rate}; {second.learning_rate} with --finetune-from)")
+    train.add_argument("--warmup-epochs", type=int,
+                       help=f"epochs of linear learning-rate warm-up before the cosine decay "
+                            f"(default: {defaults.warmup_epochs}; {second.warmup_epochs} with --finetune-from)")
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="decoupled weight decay")
+    train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
+                       help="share of each one-hot target spread over the other classes")
+    train.add_argument("--rotation", type=float, metavar="DEGREES",
+                       help=f"random rotation, drawn from [-DEGREES, DEGREES] (default: "
+                            f"{defaults.augmentation.rotation_degrees:g}; "
+                            f"{second.augmentation.rotation_degrees:g} with --finetune-from)")
+    train.add_argument("--zoom", type=float,
+                       help=f"random scale, drawn from [1 - ZOOM, 1 + ZOOM] (default: {defaults.augmentation.zoom}; "
+                            f"{second.augmentation.zoom} with --finetune-from)")
     train.add_argument("--shift", type=float, default=defaults.augmentation.shift,
                        help="random shift per axis, as a fraction of the image size")
     train.add_argument("--erase-probability", type=float, default=defaults.augmentation.erase_probability,
                        help="chance that an image gets a random rectangle of noise (random erasing)")
-    train.add_argument("--init-weights", metavar="MODEL",
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--init-weights", metavar="MODEL",
                        help="start from this saved model's weights (stem or .h5; same architecture and classes), "
-                            "e.g. a second training stage or fine-tuning the shipped fer model")
-    train.add_argument("--seed", type=int, default=defaults.seed)
+                            "e.g. to fine-tune the shipped fer model")
+    start.add_argument("--finetune-from", metavar="MODEL",
+                       help="a second training stage, as the shipped model was trained: start from MODEL (the first "
+                            "stage's --out) with a lower learning rate and milder rotation and zoom")
+    train.add_argument("--seed", type=int, default=defaults.seed, help="seed for weights, shuffling and augmentation")
     train.add_argument("--threshold-accuracy", type=float, metavar="A",
                        help="ThresholdStop: stop once training accuracy >= A (with --threshold-val-accuracy)")
     train.add_argument("--threshold-val-accuracy", type=float, metavar="B",
@@ -280,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: bfloat16 on CPUs/GPUs with fast bf16, float16 on older GPUs, else float32")
     train.add_argument("--limit", type=int, metavar="N", help="use at most N random images per split (quick runs)")
     train.add_argument("--out", default="fer", help="model files stem: OUT.json, OUT.h5, ...")
-    train.add_argument("--checkpoint-dir", default="checkpoints/fer", help="per-epoch checkpoints and history.csv")
+    train.add_argument("--checkpoint-dir", default=DEFAULT_CHECKPOINT_DIR,
+                       help="per-epoch checkpoints and history.csv; give each training stage its own")
     _add_subset_options(train)
     _add_reading_options(train)
     train.set_defaults(func=cmd_train)
@@ -294,9 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default="fer", help="model stem or .json/.h5 path (default: fer)")
     evaluate.add_argument("--results", default="results", help="output folder (default: results)")
     evaluate.add_argument("--checkpoint-dir", action="append", metavar="DIR",
-                          help="where training wrote history.csv, for the training curves (default: "
-                               "checkpoints/fer); repeat it, in order, for a model trained in stages "
-                               "(--init-weights)")
+                          help=f"where training wrote history.csv, for the training curves (default: "
+                               f"{DEFAULT_CHECKPOINT_DIR}); repeat it, in order, for a model trained in stages "
+                               "(--finetune-from)")
     evaluate.add_argument("--no-tta", action="store_true", help="skip test-time augmentation")
     _add_reading_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -171,6 +172,23 @@ def test_training_starts_from_init_weights(cartoon, tmp_path):
     assert recorded["init_weights_training"] == stage1  # how the starting model was made travels along
 
 
+def test_second_stage_changes_only_the_schedule_and_geometry():
+    first = training.TrainConfig(architecture="vgg_small", epochs=45, seed=3, threshold_accuracy=0.75,
+                                 threshold_val_accuracy=0.71, class_weight="balanced",
+                                 augmentation=training.Augmentation(shift=0.05, erase_probability=0.1))
+    second = first.second_stage("checkpoints/v2/fer", epochs=30)
+    assert (second.epochs, second.init_weights) == (30, "checkpoints/v2/fer")
+    assert second.learning_rate < first.learning_rate
+    assert second.augmentation.rotation_degrees < first.augmentation.rotation_degrees
+    assert second.augmentation.zoom < first.augmentation.zoom
+    unchanged = {"learning_rate", "warmup_epochs", "epochs", "init_weights", "augmentation"}
+    assert {k: v for k, v in asdict(second).items() if k not in unchanged} == {
+        k: v for k, v in asdict(first).items() if k not in unchanged}
+    assert (second.augmentation.shift, second.augmentation.erase_probability) == (0.05, 0.1)
+    assert first.epochs == 45 and first.init_weights is None  # the first stage's config is left alone
+    assert first.second_stage("m").epochs == 45
+
+
 def test_init_weights_of_another_shape_explains(tmp_path):
     save_model(build_model("vgg_small", num_classes=5), tmp_path / "fer5",
                ModelMeta(class_names=["a", "b", "c", "d", "e"], architecture="vgg_small"))
@@ -288,6 +306,19 @@ def test_train_and_evaluate_commands(cartoon, tmp_path, capsys):
         1e-4, 0.0, 0.01, 0)
     assert meta["training"]["command"].startswith("python -m ferkit train ") and "--epochs 1" in meta["training"]["command"]
     assert meta["training"]["epochs_run"] == 1 and meta["training"]["train_seconds"] > 0
+
+    # A second stage: the recipe's settings, except where an option is given.
+    stage2 = ["train", str(dataset), "--architecture", "vgg_small", "--epochs", "1", "--batch-size", "16",
+              "--precision", "float32", "--out", str(tmp_path / "m2" / "fer"), "--checkpoint-dir", str(tmp_path / "ck2"),
+              "--no-progress", "--finetune-from", str(tmp_path / "m" / "fer"), "--zoom", "0.07"]
+    assert main(stage2) == 0
+    recorded = json.loads((tmp_path / "m2" / "fer.meta.json").read_text())["training"]
+    expected = training.TrainConfig(architecture="vgg_small", epochs=1, batch_size=16, precision="float32")
+    expected = expected.second_stage(tmp_path / "m" / "fer")
+    expected.augmentation.zoom = 0.07
+    assert recorded["config"] == asdict(expected)
+    assert recorded["init_weights_training"]["command"] == meta["training"]["command"]
+
     assert main(["evaluate", str(dataset), "--model", str(tmp_path / "m" / "fer"), "--results", str(tmp_path / "r"),
                  "--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-dir", str(tmp_path / "missing")]) == 0
     out = capsys.readouterr().out
