@@ -265,22 +265,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs over the Training split")
     train.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
     second = defaults.second_stage("MODEL")
+
+    def stage_defaults(first, second_value):
+        return f"(default: {first:g}; {second_value:g} with --finetune-from)"
+
     train.add_argument("--learning-rate", type=float,
-                       help=f"peak learning rate (SGD, Nesterov momentum, warm-up then cosine decay) "
-                            f"(default: {defaults.learning_rate}; {second.learning_rate} with --finetune-from)")
+                       help="peak learning rate (SGD, Nesterov momentum, warm-up then cosine decay) "
+                            + stage_defaults(defaults.learning_rate, second.learning_rate))
     train.add_argument("--warmup-epochs", type=int,
-                       help=f"epochs of linear learning-rate warm-up before the cosine decay "
-                            f"(default: {defaults.warmup_epochs}; {second.warmup_epochs} with --finetune-from)")
+                       help="epochs of linear learning-rate warm-up before the cosine decay "
+                            + stage_defaults(defaults.warmup_epochs, second.warmup_epochs))
     train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="decoupled weight decay")
     train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
                        help="share of each one-hot target spread over the other classes")
     train.add_argument("--rotation", type=float, metavar="DEGREES",
-                       help=f"random rotation, drawn from [-DEGREES, DEGREES] (default: "
-                            f"{defaults.augmentation.rotation_degrees:g}; "
-                            f"{second.augmentation.rotation_degrees:g} with --finetune-from)")
+                       help="random rotation, drawn from [-DEGREES, DEGREES] "
+                            + stage_defaults(defaults.augmentation.rotation_degrees,
+                                             second.augmentation.rotation_degrees))
     train.add_argument("--zoom", type=float,
-                       help=f"random scale, drawn from [1 - ZOOM, 1 + ZOOM] (default: {defaults.augmentation.zoom}; "
-                            f"{second.augmentation.zoom} with --finetune-from)")
+                       help="random scale, drawn from [1 - ZOOM, 1 + ZOOM] "
+                            + stage_defaults(defaults.augmentation.zoom, second.augmentation.zoom))
     train.add_argument("--shift", type=float, default=defaults.augmentation.shift,
                        help="random shift per axis, as a fraction of the image size")
     train.add_argument("--erase-probability", type=float, default=defaults.augmentation.erase_probability,
