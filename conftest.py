@@ -16,7 +16,7 @@ _scratch = Path(tempfile.mkdtemp(prefix="ferkit-nb-"))
 for key, value in {
     "FERKIT_NB_LIMIT": "600",
     "FERKIT_NB_EPOCHS": "2",
-    "FERKIT_NB_FINETUNE_EPOCHS": "1",
+    "FERKIT_NB_FINETUNE_EPOCHS": "1,1",
     "FERKIT_NB_ARCHITECTURE": "vgg_small",
     "FERKIT_NB_CHECKPOINTS": str(_scratch / "checkpoints"),
     "FERKIT_NB_OUT": str(_scratch / "fer"),
