@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from this saved model's weights (stem or .h5; same architecture and classes), "
                             "e.g. to fine-tune the shipped fer model")
     start.add_argument("--finetune-from", metavar="MODEL",
-                       help="a further training stage, as the shipped model was trained (stages 2 and 3): start from "
+                       help="a further training stage, as the shipped model was trained (stages 2 to 4): start from "
                             "MODEL (the previous stage's --out) with a lower learning rate and milder rotation "
                             "and zoom")
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed for weights, shuffling and augmentation")
