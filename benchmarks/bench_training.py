@@ -63,7 +63,7 @@ def main():
     from ferkit.training import Augmentation, choose_precision, make_dataset
 
     rng = np.random.default_rng(0)
-    # Enough images that no timed epoch wraps around the shuffle buffer mid-way.
+    # One timed epoch is exactly one pass over the images, as in real training.
     n = args.batch_size * args.steps
     images = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8)
     labels = rng.integers(0, 7, n)
