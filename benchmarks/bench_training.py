@@ -10,7 +10,7 @@ two effects. "naive": the same architecture with augmentation as Keras
 Images/second are medians over ``--repeats`` timed epochs of ``--steps`` steps
 each, after one warm-up epoch, all in one ``fit`` call per model so the input
 pipeline keeps one iterator (as real training does) and no timed epoch pays for
-tracing or a fresh shuffle buffer. "input alone" is ferkit's augmenting
+tracing or a new iterator. "input alone" is ferkit's augmenting
 pipeline iterated without a model: the most images/second it could feed.
 Inference is the float32 model's forward pass compiled with tf.function, as
 ``Predictor`` runs it. Inputs are random 48x48 images: speed does not depend on
@@ -110,7 +110,7 @@ def main():
                     np.asarray(forward(batch))
                 times.append((time.perf_counter() - start) / reps)
             infer[label] = len(batch) / statistics.median(times)
-        rows.append((name, build_model(name).count_params(), ours_rate, ours_float32_rate, naive_rate, input_rate,
+        rows.append((name, float_model.count_params(), ours_rate, ours_float32_rate, naive_rate, input_rate,
                      infer["1"], infer["64"]))
 
     print(f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, TensorFlow {tf.__version__}, "
