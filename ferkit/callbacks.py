@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import keras
+import numpy as np
 
 
 class ThresholdStop(keras.callbacks.Callback):
@@ -50,6 +53,48 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["epoch_seconds"] = round(time.perf_counter() - self._started, 2)
+
+
+class WeightAverage(keras.callbacks.Callback):
+    """Running mean of the model's weights at the end of every epoch from ``start_epoch`` (0-based) on.
+
+    Stochastic weight averaging (Izmailov et al., 2018): epochs trained at a
+    constant, moderate learning rate land at different points around a wide
+    minimum, and their mean generalises better than any one of them. The mean
+    covers every weight, BatchNorm statistics included; recompute those for the
+    averaged weights (``ferkit.training.recompute_batchnorm``) before using it.
+
+    ``average`` is the list of arrays (``model.get_weights()`` order) and
+    ``epochs`` the 0-based epochs in it. With ``path`` (an .npz), both are saved
+    after every epoch and reloaded when training begins, so a resumed run goes
+    on averaging where it stopped and never counts an epoch twice.
+    """
+
+    def __init__(self, start_epoch: int, path: str | os.PathLike | None = None):
+        super().__init__()
+        self.start_epoch, self.path = start_epoch, Path(path) if path else None
+        self.average: list[np.ndarray] | None = None
+        self.epochs: list[int] = []
+
+    def on_train_begin(self, logs=None):
+        if self.path is not None and self.path.exists():
+            with np.load(self.path) as saved:
+                self.epochs = [int(e) for e in saved["epochs"]]
+                self.average = [saved[f"w{i}"] for i in range(len(saved.files) - 1)]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch < self.start_epoch or epoch in self.epochs:
+            return
+        weights = self.model.get_weights()
+        count = len(self.epochs)
+        self.average = weights if self.average is None else [
+            mean + (w - mean) / (count + 1) for mean, w in zip(self.average, weights)]
+        self.epochs.append(epoch)
+        if self.path is not None:
+            # Written beside and renamed, so a kill mid-write leaves the previous average whole.
+            partial = self.path.with_name(self.path.stem + ".partial.npz")
+            np.savez(partial, epochs=np.array(self.epochs), **{f"w{i}": w for i, w in enumerate(self.average)})
+            os.replace(partial, self.path)
 
 
 class LivePlot(keras.callbacks.Callback):

@@ -177,6 +177,7 @@ def cmd_train(args) -> None:
         class_weight=args.class_weight, precision=args.precision, threshold_accuracy=args.threshold_accuracy,
         threshold_val_accuracy=args.threshold_val_accuracy, early_stopping_patience=args.early_stopping,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, init_weights=args.init_weights,
+        average_last=args.average_last, average_learning_rate=args.average_learning_rate,
         augmentation=training.Augmentation(shift=args.shift, erase_probability=args.erase_probability))
     if args.finetune_from:
         config = config.second_stage(args.finetune_from)
@@ -192,6 +193,11 @@ def cmd_train(args) -> None:
                              verbose=2 if args.no_progress else "auto", provenance={"command": command.strip()})
     print(f"best PublicTest accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}"
           + (f"; ThresholdStop stopped at epoch {result.threshold_epoch}" if result.threshold_epoch else ""))
+    if result.averaged:
+        a = result.averaged
+        print(f"weight average of epochs {a['epochs'][0]}-{a['epochs'][1]}: PublicTest accuracy "
+              f"{a['public_test_accuracy']:.4f} against {a['best_epoch_public_test_accuracy']:.4f} for the best "
+              f"epoch in float32; saved the {'average' if a['saved'] else 'best epoch'}")
     print("saved " + ", ".join(str(p) for p in result.files.values()))
 
 
@@ -297,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a further training stage, as the shipped model was trained (stages 2 to 4): start from "
                             "MODEL (the previous stage's --out) with a lower learning rate and milder rotation "
                             "and zoom")
+    train.add_argument("--average-last", type=int, default=defaults.average_last, metavar="N",
+                       help="stochastic weight averaging: end the cosine decay N epochs early, hold the learning "
+                            "rate at --average-learning-rate and average those N epochs' weights; the average "
+                            "(BatchNorm statistics recomputed) is saved if it beats the best epoch on PublicTest")
+    train.add_argument("--average-learning-rate", type=float, metavar="LR",
+                       help="the constant learning rate while averaging (default: a quarter of the peak)")
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed for weights, shuffling and augmentation")
     train.add_argument("--threshold-accuracy", type=float, metavar="A",
                        help="ThresholdStop: stop once training accuracy >= A (with --threshold-val-accuracy)")

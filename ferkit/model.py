@@ -128,6 +128,19 @@ def build_model(name: str = DEFAULT_ARCHITECTURE, num_classes: int = len(CLASS_N
     return ARCHITECTURES[name](num_classes=num_classes, input_size=input_size)
 
 
+def float32_copy(model, architecture: str, num_classes: int, input_size: int = IMAGE_SIZE):
+    """A float32 ``architecture`` holding ``model``'s weights, outside any mixed-precision policy or strategy."""
+    keras = _keras()
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = build_model(architecture, num_classes, input_size)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def save_model(model, path: str | Path, meta: ModelMeta) -> dict[str, Path]:
     """Save ``path``.json/.h5/.keras/.meta.json (``path`` without suffix, e.g. ``"fer"``).
 
@@ -139,14 +152,7 @@ def save_model(model, path: str | Path, meta: ModelMeta) -> dict[str, Path]:
     base = base.with_suffix("") if base.suffix in (".json", ".h5", ".keras") else base
     base.parent.mkdir(parents=True, exist_ok=True)
     if model.dtype_policy.name != "float32":
-        previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("float32")
-        try:
-            float_model = build_model(meta.architecture or model.name, len(meta.class_names), meta.input_size)
-        finally:
-            keras.config.set_dtype_policy(previous)
-        float_model.set_weights(model.get_weights())
-        model = float_model
+        model = float32_copy(model, meta.architecture or model.name, len(meta.class_names), meta.input_size)
     files = {"json": base.with_suffix(".json"), "h5": base.with_suffix(".h5"),
              "keras": base.with_suffix(".keras"), "meta": base.with_name(base.name + ".meta.json")}
     files["json"].write_text(model.to_json())

@@ -57,6 +57,10 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     #: Start from a saved model's weights (same architecture and classes) instead of random ones.
     init_weights: str | None = None
+    #: Weight averaging (SWA) over the last N epochs: the cosine decay ends N epochs early at
+    #: ``average_learning_rate``, which then holds while the epochs' weights are averaged.
+    average_last: int = 0
+    average_learning_rate: float | None = None  # None: a quarter of learning_rate
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def second_stage(self, init_weights: str | Path, epochs: int | None = None) -> "TrainConfig":
@@ -198,6 +202,8 @@ class TrainResult:
     threshold_epoch: int | None
     wall_seconds: float
     files: dict = field(default_factory=dict)
+    #: With ``average_last``: the averaged epochs (1-based), both candidates' PublicTest accuracy, which was saved.
+    averaged: dict | None = None
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -239,7 +245,7 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     """
     import keras
 
-    from ferkit.callbacks import EpochTimer, ThresholdStop
+    from ferkit.callbacks import EpochTimer, ThresholdStop, WeightAverage
 
     config = config or TrainConfig()
     checkpoint_dir = Path(checkpoint_dir)
@@ -259,12 +265,8 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     with strategy.scope():
         model = build_model(config.architecture, num_classes)
         initial_meta = load_initial_weights(model, config.init_weights) if config.init_weights else None
-        warmup = config.warmup_epochs * steps_per_epoch
-        schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=config.learning_rate / 10 if warmup else config.learning_rate,
-            decay_steps=max(1, config.epochs * steps_per_epoch - warmup),
-            warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup)
-        optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+        optimizer = keras.optimizers.SGD(learning_rate_schedule(config, steps_per_epoch), momentum=0.9,
+                                         nesterov=True, weight_decay=config.weight_decay)
         model.compile(optimizer=optimizer,
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                       metrics=["accuracy"])
@@ -293,6 +295,10 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     if config.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                                        patience=config.early_stopping_patience))
+    averager = None
+    if config.average_last > 0:
+        averager = WeightAverage(max(0, config.epochs - config.average_last), checkpoint_dir / "average.npz")
+        callbacks.append(averager)
     callbacks += extra_callbacks or []
     (checkpoint_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
 
@@ -306,6 +312,9 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     if best_path.exists():
         model.load_weights(str(best_path))
     best = max(history, key=lambda r: r["val_accuracy"]) if history else {"epoch": -1, "val_accuracy": float("nan")}
+    averaged = None
+    if averager is not None and averager.epochs:
+        model, averaged = _choose_average(model, averager, config.architecture, num_classes, train_ds, val_split)
     meta = ModelMeta(class_names=list(data.class_names), architecture=config.architecture,
                      label_map=dict(data.label_map),
                      training={"config": asdict(config), "dataset": data.source, "precision": policy,
@@ -314,6 +323,7 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
                                "threshold_stop_epoch": threshold.stopped_epoch if threshold else None,
                                "hardware": _hardware(),
                                "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in history), 1),
+                               **({"average": averaged} if averaged else {}),
                                **(provenance or {}),
                                # How the starting model was trained: a staged model records every stage.
                                **({"init_weights_training": initial_meta.training} if initial_meta else {})})
@@ -321,7 +331,79 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     return TrainResult(model=model, history=history, best_epoch=int(best["epoch"]) + 1,
                        best_val_accuracy=best["val_accuracy"],
                        threshold_epoch=threshold.stopped_epoch if threshold else None,
-                       wall_seconds=wall, files=files)
+                       wall_seconds=wall, files=files, averaged=averaged)
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up to ``learning_rate``, cosine decay, and a constant tail for weight averaging.
+
+    Without averaging the decay runs to zero at the last step. With
+    ``average_last`` N it reaches ``average_learning_rate`` N epochs before the
+    end and stays there; averaging every epoch means a constant rate throughout.
+    """
+    import keras
+
+    averaging = min(config.average_last, config.epochs)
+    floor = (config.average_learning_rate or config.learning_rate / 4) if averaging else 0.0
+    if averaging == config.epochs:
+        return floor
+    warmup = config.warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate / 10 if warmup else config.learning_rate,
+        decay_steps=max(1, (config.epochs - averaging) * steps_per_epoch - warmup),
+        alpha=floor / config.learning_rate,
+        warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup)
+
+
+def recompute_batchnorm(model, dataset) -> None:
+    """Set every BatchNorm layer's moving mean and variance to their exact means over ``dataset``.
+
+    Averaged weights need statistics of their own: the averaged statistics
+    belong to none of the networks that were averaged. One pass in training
+    mode with the momentum set so that each batch weighs 1/n, as in SWA.
+    """
+    import keras
+
+    layers = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return
+    saved_momentum = [layer.momentum for layer in layers]
+    try:
+        for seen, (images, _) in enumerate(dataset):
+            for layer in layers:
+                layer.momentum = seen / (seen + 1)  # 0 on the first batch: earlier statistics are dropped
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(layers, saved_momentum):
+            layer.momentum = momentum
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def _choose_average(model, averager, architecture: str, num_classes: int, train_ds, val_split):
+    """The averaged weights (BatchNorm recomputed) if they beat the best epoch on PublicTest, else that epoch.
+
+    Both candidates are scored the same way, in float32 as ``evaluate`` scores
+    a saved model; a tie goes to the average.
+    """
+    from ferkit.model import float32_copy
+
+    best_epoch = float32_copy(model, architecture, num_classes)
+    average = float32_copy(model, architecture, num_classes)
+    average.set_weights(averager.average)
+    recompute_batchnorm(average, train_ds)
+    accuracy = {name: float((predict_probabilities(candidate, val_split.images).argmax(1) == val_split.labels).mean())
+                for name, candidate in (("best_epoch", best_epoch), ("average", average))}
+    saved = accuracy["average"] >= accuracy["best_epoch"]
+    summary = {"epochs": [averager.epochs[0] + 1, averager.epochs[-1] + 1], "count": len(averager.epochs),
+               "public_test_accuracy": accuracy["average"],
+               "best_epoch_public_test_accuracy": accuracy["best_epoch"], "saved": saved}
+    return (average if saved else best_epoch), summary
 
 
 def load_initial_weights(model, path: str | Path) -> ModelMeta:

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -14,14 +14,14 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from ferkit import evaluation, training  # noqa: E402
-from ferkit.callbacks import ThresholdStop  # noqa: E402
+from ferkit.callbacks import ThresholdStop, WeightAverage  # noqa: E402
 from ferkit.model import ModelMeta, build_model, load_model, save_model  # noqa: E402
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
-def run_python(code, cwd, timeout=300):
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=ENV,
+def run_python(code, cwd, timeout=300, **env):
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env={**ENV, **env},
                             capture_output=True, text=True, timeout=timeout)
     return result
 
@@ -211,7 +211,8 @@ TRAIN_SCRIPT = """
                 os._exit(3)
 
     data = cartoon_faces(per_class_and_split=6, seed=0)
-    config = TrainConfig(architecture="vgg_small", epochs=4, batch_size=32, warmup_epochs=0, precision="float32")
+    config = TrainConfig(architecture="vgg_small", epochs=4, batch_size=32, warmup_epochs=0, precision="float32",
+                         average_last=int(os.environ.get("AVERAGE_LAST", "0")))
     result = train(data, config, out="model/fer", checkpoint_dir="ck", verbose=0, extra_callbacks=[Crash()])
     print("BEST", result.best_epoch, len(result.history))
 """
@@ -245,6 +246,33 @@ def test_training_resumes_after_a_kill(tmp_path):
     assert meta["training"]["epochs_run"] == 4
 
 
+def test_weight_averaging_resumes_after_a_kill_and_saves_the_better_candidate(tmp_path):
+    crashed = run_python(TRAIN_SCRIPT, tmp_path, CRASH_AFTER="3", AVERAGE_LAST="3")
+    assert crashed.returncode == 3, crashed.stderr[-2000:]
+    with np.load(tmp_path / "ck" / "average.npz") as saved:
+        assert saved["epochs"].tolist() == [1, 2]  # epochs 2 and 3 of the last 3, 0-based
+
+    resumed = run_python(TRAIN_SCRIPT, tmp_path, AVERAGE_LAST="3")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    with np.load(tmp_path / "ck" / "average.npz") as saved:
+        assert saved["epochs"].tolist() == [1, 2, 3]  # epoch 4 added once, nothing counted twice
+        average = [saved[f"w{i}"] for i in range(len(saved.files) - 1)]
+    recorded = json.loads((tmp_path / "model" / "fer.meta.json").read_text())["training"]["average"]
+    assert (recorded["epochs"], recorded["count"]) == ([2, 4], 3)
+
+    model, meta = load_model(tmp_path / "model" / "fer")
+    from ferkit.sample import cartoon_faces
+    public = cartoon_faces(per_class_and_split=6, seed=0).split("PublicTest")
+    accuracy = (training.predict_probabilities(model, public.images).argmax(1) == public.labels).mean()
+    # What was saved is the candidate that scored higher, with the score recorded for it.
+    assert recorded["saved"] == (recorded["public_test_accuracy"] >= recorded["best_epoch_public_test_accuracy"])
+    chosen = "public_test_accuracy" if recorded["saved"] else "best_epoch_public_test_accuracy"
+    assert accuracy == pytest.approx(recorded[chosen])
+    trainable = [i for i, w in enumerate(model.weights) if w.trainable]
+    same_as_average = all(np.allclose(model.get_weights()[i], average[i], atol=1e-6) for i in trainable)
+    assert same_as_average == recorded["saved"]
+
+
 def test_two_logical_devices_train_under_mirrored_strategy(tmp_path):
     result = run_python("""
         import tensorflow as tf
@@ -254,12 +282,68 @@ def test_two_logical_devices_train_under_mirrored_strategy(tmp_path):
         from ferkit.training import TrainConfig, get_strategy, train
         strategy = get_strategy()
         print("STRATEGY", type(strategy).__name__, strategy.num_replicas_in_sync)
-        config = TrainConfig(architecture="vgg_small", epochs=1, batch_size=16, warmup_epochs=0, precision="float32")
+        config = TrainConfig(architecture="vgg_small", epochs=1, batch_size=16, warmup_epochs=0, precision="float32",
+                             average_last=1)
         result = train(cartoon_faces(2), config, out="m/fer", checkpoint_dir="ck", verbose=0)
-        print("EPOCHS", len(result.history))
+        print("EPOCHS", len(result.history), "AVERAGED", result.averaged["count"])
     """, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "STRATEGY MirroredStrategy 2" in result.stdout and "EPOCHS 1" in result.stdout
+    assert "STRATEGY MirroredStrategy 2" in result.stdout and "EPOCHS 1 AVERAGED 1" in result.stdout
+
+
+# ---------------------------------------------------------------- weight averaging
+
+
+def _dense_model():
+    inputs = keras.Input((3,))
+    return keras.Model(inputs, keras.layers.Dense(2)(inputs))
+
+
+def test_weight_average_is_the_mean_of_the_epochs_from_start_on(tmp_path):
+    model = _dense_model()
+    rng = np.random.default_rng(0)
+    snapshots = [[rng.normal(size=w.shape).astype("float32") for w in model.get_weights()] for _ in range(5)]
+    averager = WeightAverage(start_epoch=2, path=tmp_path / "average.npz")
+    averager.set_model(model)
+    averager.on_train_begin()
+    for epoch in range(4):
+        model.set_weights(snapshots[epoch])
+        averager.on_epoch_end(epoch)
+    # A resumed run reloads the file and repeats epoch 3 (killed before its checkpoint): it must count once.
+    resumed = WeightAverage(start_epoch=2, path=tmp_path / "average.npz")
+    resumed.set_model(model)
+    resumed.on_train_begin()
+    for epoch in (3, 4):
+        model.set_weights(snapshots[epoch])
+        resumed.on_epoch_end(epoch)
+    assert resumed.epochs == [2, 3, 4]
+    for i, mean in enumerate(resumed.average):
+        np.testing.assert_allclose(mean, np.mean([s[i] for s in snapshots[2:]], axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_schedule_holds_the_averaging_rate_over_the_last_epochs():
+    config = training.TrainConfig(epochs=10, learning_rate=0.02, warmup_epochs=1, average_last=4,
+                                  average_learning_rate=0.004)
+    rates = np.array([float(training.learning_rate_schedule(config, 10)(step)) for step in range(100)])
+    assert rates[0] == pytest.approx(0.002) and rates[10] == pytest.approx(0.02)  # warm-up to the peak
+    assert np.all(np.diff(rates[10:61]) < 0)  # cosine decay ...
+    np.testing.assert_allclose(rates[60:], 0.004, rtol=1e-5)  # ... reaching the floor 4 epochs before the end
+    default = replace(config, average_learning_rate=None)
+    assert float(training.learning_rate_schedule(default, 10)(99)) == pytest.approx(0.005)  # a quarter of the peak
+    assert float(training.learning_rate_schedule(replace(config, average_last=0), 10)(99)) < 1e-4
+    assert training.learning_rate_schedule(replace(config, average_last=10), 10) == 0.004  # all epochs: constant
+
+
+def test_recompute_batchnorm_sets_the_exact_statistics_of_the_data():
+    inputs = keras.Input((4,))
+    norm = keras.layers.BatchNormalization()
+    model = keras.Model(inputs, keras.layers.Dense(2)(norm(inputs)))
+    x = np.random.default_rng(0).normal([1, -2, 3, 0.5], [1, 2, 0.5, 3], size=(96, 4)).astype("float32")
+    training.recompute_batchnorm(model, tf.data.Dataset.from_tensor_slices((x, np.zeros(96))).batch(32))
+    # Equal batches: the data's mean, and the mean of the three batch variances.
+    np.testing.assert_allclose(norm.moving_mean.numpy(), x.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(norm.moving_variance.numpy(), x.reshape(3, 32, 4).var(1).mean(0), rtol=1e-4)
+    assert norm.momentum == 0.99  # the layer's own momentum is back for further training
 
 
 # ---------------------------------------------------------------- evaluation
@@ -310,10 +394,13 @@ def test_train_and_evaluate_commands(cartoon, tmp_path, capsys):
     # A second stage: the recipe's settings, except where an option is given.
     stage2 = ["train", str(dataset), "--architecture", "vgg_small", "--epochs", "1", "--batch-size", "16",
               "--precision", "float32", "--out", str(tmp_path / "m2" / "fer"), "--checkpoint-dir", str(tmp_path / "ck2"),
-              "--no-progress", "--finetune-from", str(tmp_path / "m" / "fer"), "--zoom", "0.07"]
+              "--no-progress", "--finetune-from", str(tmp_path / "m" / "fer"), "--zoom", "0.07",
+              "--average-last", "1", "--average-learning-rate", "0.003"]
     assert main(stage2) == 0
+    assert "weight average of epochs 1-1" in capsys.readouterr().out
     recorded = json.loads((tmp_path / "m2" / "fer.meta.json").read_text())["training"]
-    expected = training.TrainConfig(architecture="vgg_small", epochs=1, batch_size=16, precision="float32")
+    expected = training.TrainConfig(architecture="vgg_small", epochs=1, batch_size=16, precision="float32",
+                                    average_last=1, average_learning_rate=0.003)
     expected = expected.second_stage(tmp_path / "m" / "fer")
     expected.augmentation.zoom = 0.07
     assert recorded["config"] == asdict(expected)
