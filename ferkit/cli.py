@@ -309,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(BatchNorm statistics recomputed) is saved if it beats the best epoch on PublicTest")
     train.add_argument("--average-learning-rate", type=float, metavar="LR",
                        help="the constant learning rate while averaging (default: a quarter of the peak)")
-    train.add_argument("--seed", type=int, default=defaults.seed, help="seed for weights, shuffling and augmentation")
+    train.add_argument("--seed", type=int, default=defaults.seed,
+                       help="seed for weights, shuffling and augmentation: a run with the same seed sees the same "
+                            "augmented images in the same order, so give a further stage a new seed if it should "
+                            "see fresh ones")
     train.add_argument("--threshold-accuracy", type=float, metavar="A",
                        help="ThresholdStop: stop once training accuracy >= A (with --threshold-val-accuracy)")
     train.add_argument("--threshold-val-accuracy", type=float, metavar="B",
