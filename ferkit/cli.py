@@ -220,6 +220,24 @@ def cmd_evaluate(args) -> None:
     print("wrote " + ", ".join(str(p) for p in files.values()))
 
 
+def cmd_ensemble(args) -> None:
+    from ferkit import evaluation, model as model_module, training
+
+    averaged, meta = model_module.average_models(args.models)
+    meta.training["command"] = "python -m ferkit " + shlex.join(args.argv)
+    if args.data:
+        public = evaluation.align_to_model(data.load_fer2013(args.data, progress=not args.no_progress), meta)
+        public = public.split("PublicTest")
+        members = averaged.layers[1:-1]
+        for path, member in zip(args.models, members):
+            accuracy = (training.predict_probabilities(member, public.images).argmax(1) == public.labels).mean()
+            print(f"{path}: PublicTest accuracy {accuracy:.4f}")
+        accuracy = (training.predict_probabilities(averaged, public.images).argmax(1) == public.labels).mean()
+        print(f"average of {len(members)}: PublicTest accuracy {accuracy:.4f}")
+    files = model_module.save_model(averaged, args.out, meta)
+    print("saved " + ", ".join(str(p) for p in files.values()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ferkit",
@@ -345,6 +363,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-tta", action="store_true", help="skip test-time augmentation")
     _add_reading_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    ensemble = commands.add_parser(
+        "ensemble", help="average several saved models' probabilities into one model (fer.json + fer.h5)",
+        description="Combine saved models into one Keras model whose output is the mean of theirs. Networks "
+                    "of different architectures err on different faces, so the mean is more accurate than "
+                    "the best of them; it costs the members' inference time together. The members must share "
+                    "class names and input settings. Choose members on PublicTest (--data) and report "
+                    "PrivateTest with `evaluate`.",
+        epilog="example:\n  python -m ferkit ensemble checkpoints/v6/fer checkpoints/vgg3/fer --out fer "
+               "--data data/fer2013.zip",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ensemble.add_argument("models", nargs="+", metavar="MODEL", help="two or more model stems or .json/.h5 paths")
+    ensemble.add_argument("--out", default="fer", help="model files stem: OUT.json, OUT.h5, ... (default: fer)")
+    ensemble.add_argument("--data", metavar="DATASET",
+                          help="FER-2013 (zip, folder, fer2013.csv or .npz): also print each member's and the "
+                               "average's PublicTest accuracy")
+    ensemble.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ensemble.set_defaults(func=cmd_ensemble)
 
     predict = commands.add_parser(
         "predict", help="find and classify faces in an image, a folder of images or a video",

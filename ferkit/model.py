@@ -15,8 +15,9 @@ A saved model is three files side by side::
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -185,6 +186,47 @@ def load_model(path: str | Path = "fer"):
         raise ValueError(f"{meta_path}: {len(meta.class_names)} class names for a model with "
                          f"{model.output_shape[-1]} outputs")
     return model, meta
+
+
+#: What members of an average must share: it decides what goes into the model and what comes out.
+_SHARED_META = ("class_names", "input_size", "input_range", "face_margin", "label_map")
+
+
+def average_models(paths: Sequence[str | Path]):
+    """One Keras model whose output is the mean of several saved models' probabilities, and its metadata.
+
+    Networks of different architectures err on different faces, so their mean
+    is more accurate than either (README, "The shipped model"); as one model it
+    still loads with ``model_from_json`` + ``load_weights``. The members must
+    share class names, input size and face-crop settings. Returns
+    ``(model, meta)``; ``meta.training["members"]`` keeps each member's own
+    provenance.
+    """
+    keras = _keras()
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs at least two models, got {len(paths)}")
+    loaded = [load_model(path) for path in paths]
+    first_meta = loaded[0][1]
+    for path, (_, meta) in zip(paths[1:], loaded[1:]):
+        for name in _SHARED_META:
+            if getattr(meta, name) != getattr(first_meta, name):
+                raise ValueError(f"{path}: {name} {getattr(meta, name)!r} differs from {paths[0]}'s "
+                                 f"{getattr(first_meta, name)!r}; only models trained on the same classes "
+                                 "and inputs can be averaged")
+    inputs = keras.Input((first_meta.input_size, first_meta.input_size, 1), name="face")
+    outputs = []
+    for index, (model, _) in enumerate(loaded, start=1):
+        # A copy under a unique name: Keras requires unique layer names, and members may share an architecture.
+        config = json.loads(model.to_json())
+        config["config"]["name"] = f"member{index}_{model.name}"
+        member = keras.models.model_from_json(json.dumps(config))
+        member.set_weights(model.get_weights())
+        outputs.append(member(inputs))
+    averaged = keras.Model(inputs, keras.layers.Average(name="probabilities")(outputs), name="average")
+    architecture = "average(" + ",".join(meta.architecture or model.name for model, meta in loaded) + ")"
+    members = [{"model": str(path), "architecture": meta.architecture, "training": meta.training}
+               for path, (_, meta) in zip(paths, loaded)]
+    return averaged, replace(first_meta, architecture=architecture, training={"members": members})
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:

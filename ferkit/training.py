@@ -417,6 +417,9 @@ def load_initial_weights(model, path: str | Path) -> ModelMeta:
     source, meta = load_model(path)
     ours = [tuple(w.shape) for w in model.weights]
     theirs = [tuple(w.shape) for w in source.weights]
+    if meta.architecture.startswith("average("):
+        raise ValueError(f"{path}: an average of several models ({meta.architecture}) cannot be trained further; "
+                         f"start from one of its members: {', '.join(m['model'] for m in meta.training['members'])}")
     if ours != theirs:
         raise ValueError(f"{path}: its weights do not fit a {model.name} with {model.output_shape[-1]} classes "
                          f"(it is a {meta.architecture or source.name} with {len(meta.class_names)} classes); "

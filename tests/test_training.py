@@ -15,7 +15,7 @@ tf = pytest.importorskip("tensorflow")
 
 from ferkit import evaluation, training  # noqa: E402
 from ferkit.callbacks import ThresholdStop, WeightAverage  # noqa: E402
-from ferkit.model import ModelMeta, build_model, load_model, save_model  # noqa: E402
+from ferkit.model import ModelMeta, build_model, load_model, save_model, to_model_input  # noqa: E402
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
@@ -195,6 +195,55 @@ def test_init_weights_of_another_shape_explains(tmp_path):
     with pytest.raises(ValueError, match="fer5: its weights do not fit a vgg with 7 classes.*5 classes"):
         training.load_initial_weights(build_model("vgg"), tmp_path / "fer5")
 
+
+
+def test_ensemble_averages_members_and_loads_in_plain_keras(cartoon, tmp_path, capsys):
+    from ferkit import data
+    from ferkit.cli import main
+
+    members = []
+    for seed, architecture in ((1, "vgg_small"), (2, "vgg_small")):  # the same architecture twice: names must not clash
+        keras.utils.set_random_seed(seed)
+        stem = tmp_path / f"m{seed}" / "fer"
+        save_model(build_model(architecture), stem, ModelMeta(architecture=architecture, training={"seed": seed}))
+        members.append(str(stem))
+    npz = data.write_npz(cartoon, tmp_path / "c.npz")
+    assert main(["ensemble", *members, "--out", str(tmp_path / "avg"), "--data", str(npz), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    public = cartoon.split("PublicTest")
+    member_probabilities = [training.predict_probabilities(load_model(m)[0], public.images) for m in members]
+    expected = (member_probabilities[0] + member_probabilities[1]) / 2
+    assert f"average of 2: PublicTest accuracy {(expected.argmax(1) == public.labels).mean():.4f}" in printed
+    assert f"{members[1]}: PublicTest accuracy {(member_probabilities[1].argmax(1) == public.labels).mean():.4f}" in printed
+    np.save(tmp_path / "faces.npy", to_model_input(public.images))
+    result = run_python("""
+        import numpy as np, keras
+        model = keras.models.model_from_json(open("avg.json").read())
+        model.load_weights("avg.h5")
+        np.save("plain.npy", model.predict(np.load("faces.npy"), verbose=0))
+    """, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "plain.npy"), expected, rtol=1e-5, atol=1e-6)
+    meta = json.loads((tmp_path / "avg.meta.json").read_text())
+    assert meta["architecture"] == "average(vgg_small,vgg_small)"
+    assert [m["training"] for m in meta["training"]["members"]] == [{"seed": 1}, {"seed": 2}]
+    assert meta["training"]["command"].startswith("python -m ferkit ensemble")
+
+
+def test_ensemble_rejects_members_that_disagree(tmp_path):
+    from ferkit.model import average_models
+
+    save_model(build_model("vgg_small"), tmp_path / "fer7", ModelMeta(architecture="vgg_small"))
+    save_model(build_model("vgg_small", num_classes=5), tmp_path / "fer5",
+               ModelMeta(class_names=["a", "b", "c", "d", "e"], architecture="vgg_small"))
+    with pytest.raises(ValueError, match="fer5: class_names .* differs from .*fer7's"):
+        average_models([tmp_path / "fer7", tmp_path / "fer5"])
+    with pytest.raises(ValueError, match="at least two models, got 1"):
+        average_models([tmp_path / "fer7"])
+    averaged, meta = average_models([tmp_path / "fer7", tmp_path / "fer7"])
+    save_model(averaged, tmp_path / "avg", meta)
+    with pytest.raises(ValueError, match="cannot be trained further; start from one of its members: .*fer7"):
+        training.load_initial_weights(build_model("vgg_small"), tmp_path / "avg")
 
 # ---------------------------------------------------------------- resume and distribution
 
