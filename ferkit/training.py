@@ -410,16 +410,25 @@ def load_initial_weights(model, path: str | Path) -> ModelMeta:
     """Copy a saved model's weights (``path``: stem or .json/.h5/.keras) into ``model``; return its metadata.
 
     For a second, differently regularised training stage or fine-tuning; the
-    saved model must have the same architecture and number of classes.
+    saved model must have the same architecture and number of classes. From an
+    average of models (``python -m ferkit ensemble``, such as the shipped
+    ``fer``) it takes the member of ``model``'s architecture.
     """
     from ferkit.model import load_model
 
     source, meta = load_model(path)
     ours = [tuple(w.shape) for w in model.weights]
-    theirs = [tuple(w.shape) for w in source.weights]
     if meta.architecture.startswith("average("):
-        raise ValueError(f"{path}: an average of several models ({meta.architecture}) cannot be trained further; "
-                         f"start from one of its members: {', '.join(m['model'] for m in meta.training['members'])}")
+        members = list(zip(source.layers[1:-1], meta.training["members"]))
+        fitting = [(member, record) for member, record in members
+                   if [tuple(w.shape) for w in member.weights] == ours]
+        if not fitting:
+            raise ValueError(f"{path}: none of its members ({', '.join(r['architecture'] for _, r in members)}, "
+                             f"with {len(meta.class_names)} classes) fits a {model.name} with "
+                             f"{model.output_shape[-1]} classes; train with --architecture one of theirs")
+        source, record = fitting[0]
+        meta = replace(meta, architecture=record["architecture"], training=record["training"])
+    theirs = [tuple(w.shape) for w in source.weights]
     if ours != theirs:
         raise ValueError(f"{path}: its weights do not fit a {model.name} with {model.output_shape[-1]} classes "
                          f"(it is a {meta.architecture or source.name} with {len(meta.class_names)} classes); "

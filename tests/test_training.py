@@ -240,10 +240,25 @@ def test_ensemble_rejects_members_that_disagree(tmp_path):
         average_models([tmp_path / "fer7", tmp_path / "fer5"])
     with pytest.raises(ValueError, match="at least two models, got 1"):
         average_models([tmp_path / "fer7"])
-    averaged, meta = average_models([tmp_path / "fer7", tmp_path / "fer7"])
-    save_model(averaged, tmp_path / "avg", meta)
-    with pytest.raises(ValueError, match="cannot be trained further; start from one of its members: .*fer7"):
-        training.load_initial_weights(build_model("vgg_small"), tmp_path / "avg")
+
+
+
+def test_init_weights_from_an_ensemble_take_the_member_of_that_architecture(tmp_path):
+    from ferkit.model import average_models
+
+    keras.utils.set_random_seed(4)
+    small, large = build_model("vgg_small"), build_model("vgg")
+    save_model(small, tmp_path / "small", ModelMeta(architecture="vgg_small", training={"stage": "small"}))
+    save_model(large, tmp_path / "large", ModelMeta(architecture="vgg", training={"stage": "large"}))
+    averaged, averaged_meta = average_models([tmp_path / "small", tmp_path / "large"])
+    save_model(averaged, tmp_path / "avg", averaged_meta)
+    for fresh, source, stage in ((build_model("vgg"), large, "large"), (build_model("vgg_small"), small, "small")):
+        meta = training.load_initial_weights(fresh, tmp_path / "avg")
+        assert (meta.architecture, meta.training) == (source.name, {"stage": stage})
+        for ours, theirs in zip(fresh.get_weights(), source.get_weights()):
+            np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(ValueError, match="avg: none of its members \\(vgg_small, vgg, with 7 classes\\) fits a seed_cnn"):
+        training.load_initial_weights(build_model("seed_cnn"), tmp_path / "avg")
 
 # ---------------------------------------------------------------- resume and distribution
 
