@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the best of them; it costs the members' inference time together. The members must share "
                     "class names and input settings. Choose members on PublicTest (--data) and report "
                     "PrivateTest with `evaluate`.",
-        epilog="example:\n  python -m ferkit ensemble checkpoints/v6/fer checkpoints/vgg3/fer --out fer "
+        epilog="example:\n  python -m ferkit ensemble checkpoints/v6/fer checkpoints/vgg2/fer --out fer "
                "--data data/fer2013.zip",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ensemble.add_argument("models", nargs="+", metavar="MODEL", help="two or more model stems or .json/.h5 paths")
