@@ -229,9 +229,9 @@ def cmd_ensemble(args) -> None:
         public = evaluation.align_to_model(data.load_fer2013(args.data, progress=not args.no_progress), meta)
         public = public.split("PublicTest")
         members = averaged.layers[1:-1]
-        for path, member in zip(args.models, members):
+        for record, member in zip(meta.training["members"], members):
             accuracy = (training.predict_probabilities(member, public.images).argmax(1) == public.labels).mean()
-            print(f"{path}: PublicTest accuracy {accuracy:.4f}")
+            print(f"{record['model']} ({record['architecture']}): PublicTest accuracy {accuracy:.4f}")
         accuracy = (training.predict_probabilities(averaged, public.images).argmax(1) == public.labels).mean()
         print(f"average of {len(members)}: PublicTest accuracy {accuracy:.4f}")
     files = model_module.save_model(averaged, args.out, meta)
@@ -369,12 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Combine saved models into one Keras model whose output is the mean of theirs. Networks "
                     "of different architectures err on different faces, so the mean is more accurate than "
                     "the best of them; it costs the members' inference time together. The members must share "
-                    "class names and input settings. Choose members on PublicTest (--data) and report "
-                    "PrivateTest with `evaluate`.",
+                    "class names and input settings; an average given as a MODEL counts as its members, so "
+                    "`ensemble fer NEW --out fer` adds NEW to the shipped average with equal weights. Choose "
+                    "members on PublicTest (--data) and report PrivateTest with `evaluate`.",
         epilog="example:\n  python -m ferkit ensemble checkpoints/v6/fer checkpoints/vgg2/fer --out fer "
                "--data data/fer2013.zip",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ensemble.add_argument("models", nargs="+", metavar="MODEL", help="two or more model stems or .json/.h5 paths")
+    ensemble.add_argument("models", nargs="+", metavar="MODEL", help="model stems or .json/.h5 paths, two or more networks in all")
     ensemble.add_argument("--out", default="fer", help="model files stem: OUT.json, OUT.h5, ... (default: fer)")
     ensemble.add_argument("--data", metavar="DATASET",
                           help="FER-2013 (zip, folder, fer2013.csv or .npz): also print each member's and the "

@@ -193,40 +193,60 @@ def load_model(path: str | Path = "fer"):
 _SHARED_META = ("class_names", "input_size", "input_range", "face_margin", "label_map")
 
 
+def networks_of(model, meta: ModelMeta, path: str | Path) -> list:
+    """The networks a saved model is made of, as ``[(keras_model, record)]``.
+
+    A single network gives itself; an average (``average_models``) gives its
+    members, each with the record it was saved with (``model``, ``architecture``,
+    ``training``), so that averaging an average with more networks stays flat.
+    """
+    if (meta.architecture or "").startswith("average("):
+        return list(zip(model.layers[1:-1], meta.training["members"]))
+    return [(model, {"model": str(path), "architecture": meta.architecture, "training": meta.training})]
+
+
 def average_models(paths: Sequence[str | Path]):
     """One Keras model whose output is the mean of several saved models' probabilities, and its metadata.
 
     Networks of different architectures err on different faces, so their mean
     is more accurate than either (README, "The shipped model"); as one model it
     still loads with ``model_from_json`` + ``load_weights``. The members must
-    share class names, input size and face-crop settings. Returns
-    ``(model, meta)``; ``meta.training["members"]`` keeps each member's own
-    provenance.
+    share class names, input size and face-crop settings. A path that is itself
+    an average contributes its members, so ``average_models(["fer", "new"])``
+    adds a network to the shipped average with every network weighted equally.
+    Returns ``(model, meta)``; ``meta.training["members"]`` keeps each member's
+    own provenance.
     """
     keras = _keras()
-    if len(paths) < 2:
-        raise ValueError(f"averaging needs at least two models, got {len(paths)}")
-    loaded = [load_model(path) for path in paths]
-    first_meta = loaded[0][1]
-    for path, (_, meta) in zip(paths[1:], loaded[1:]):
+    loaded = [(path, *load_model(path)) for path in paths]
+    first_path, _, first_meta = loaded[0]
+    for path, _, meta in loaded[1:]:
         for name in _SHARED_META:
             if getattr(meta, name) != getattr(first_meta, name):
-                raise ValueError(f"{path}: {name} {getattr(meta, name)!r} differs from {paths[0]}'s "
+                raise ValueError(f"{path}: {name} {getattr(meta, name)!r} differs from {first_path}'s "
                                  f"{getattr(first_meta, name)!r}; only models trained on the same classes "
                                  "and inputs can be averaged")
+    networks = [(path, *network) for path, model, meta in loaded for network in networks_of(model, meta, path)]
+    if len(networks) < 2:
+        raise ValueError(f"averaging needs at least two networks, got {len(networks)}")
+    for i, (path, network, _) in enumerate(networks):
+        for other_path, other, _ in networks[:i]:
+            if [w.shape for w in network.weights] == [w.shape for w in other.weights] and all(
+                    np.array_equal(a, b) for a, b in zip(network.get_weights(), other.get_weights())):
+                raise ValueError(f"{path}: holds the same network as {other_path}; give each network once, "
+                                 "or it would count twice in the average")
     inputs = keras.Input((first_meta.input_size, first_meta.input_size, 1), name="face")
     outputs = []
-    for index, (model, _) in enumerate(loaded, start=1):
+    for index, (_, network, record) in enumerate(networks, start=1):
         # A copy under a unique name: Keras requires unique layer names, and members may share an architecture.
-        config = json.loads(model.to_json())
-        config["config"]["name"] = f"member{index}_{model.name}"
+        config = json.loads(network.to_json())
+        config["config"]["name"] = f"member{index}_{record['architecture'] or network.name}"
         member = keras.models.model_from_json(json.dumps(config))
-        member.set_weights(model.get_weights())
+        member.set_weights(network.get_weights())
         outputs.append(member(inputs))
     averaged = keras.Model(inputs, keras.layers.Average(name="probabilities")(outputs), name="average")
-    architecture = "average(" + ",".join(meta.architecture or model.name for model, meta in loaded) + ")"
-    members = [{"model": str(path), "architecture": meta.architecture, "training": meta.training}
-               for path, (_, meta) in zip(paths, loaded)]
+    members = [record for _, _, record in networks]
+    architecture = "average(" + ",".join(record["architecture"] or network.name for _, network, record in networks) + ")"
     return averaged, replace(first_meta, architecture=architecture, training={"members": members})
 
 

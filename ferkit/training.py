@@ -304,8 +304,9 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
 
     started = time.perf_counter()
     weights = class_weights(train_split.labels, num_classes) if config.class_weight == "balanced" else None
+    # shuffle=False: train_ds shuffles itself (seeded); fit's own flag would only warn that it is ignored.
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
-              class_weight=weights, verbose=verbose)
+              class_weight=weights, verbose=verbose, shuffle=False)
     wall = time.perf_counter() - started
 
     history = read_history(log_path)
@@ -414,12 +415,12 @@ def load_initial_weights(model, path: str | Path) -> ModelMeta:
     average of models (``python -m ferkit ensemble``, such as the shipped
     ``fer``) it takes the member of ``model``'s architecture.
     """
-    from ferkit.model import load_model
+    from ferkit.model import load_model, networks_of
 
     source, meta = load_model(path)
     ours = [tuple(w.shape) for w in model.weights]
     if meta.architecture.startswith("average("):
-        members = list(zip(source.layers[1:-1], meta.training["members"]))
+        members = networks_of(source, meta, path)
         fitting = [(member, record) for member, record in members
                    if [tuple(w.shape) for w in member.weights] == ours]
         if not fitting:

@@ -213,7 +213,8 @@ def test_ensemble_averages_members_and_loads_in_plain_keras(cartoon, tmp_path, c
     member_probabilities = [training.predict_probabilities(load_model(m)[0], public.images) for m in members]
     expected = (member_probabilities[0] + member_probabilities[1]) / 2
     assert f"average of 2: PublicTest accuracy {(expected.argmax(1) == public.labels).mean():.4f}" in printed
-    assert f"{members[1]}: PublicTest accuracy {(member_probabilities[1].argmax(1) == public.labels).mean():.4f}" in printed
+    assert (f"{members[1]} (vgg_small): PublicTest accuracy "
+            f"{(member_probabilities[1].argmax(1) == public.labels).mean():.4f}") in printed
     np.save(tmp_path / "faces.npy", to_model_input(public.images))
     result = run_python("""
         import numpy as np, keras
@@ -229,6 +230,29 @@ def test_ensemble_averages_members_and_loads_in_plain_keras(cartoon, tmp_path, c
     assert meta["training"]["command"].startswith("python -m ferkit ensemble")
 
 
+def test_an_average_given_as_a_member_counts_as_its_networks(tmp_path):
+    from ferkit.model import average_models
+
+    faces = np.random.default_rng(0).uniform(0, 255, (16, 48, 48, 1)).astype("float32")
+    networks = []
+    for seed, architecture in ((1, "vgg_small"), (2, "vgg"), (3, "vgg_small")):
+        keras.utils.set_random_seed(seed)
+        network = build_model(architecture)
+        save_model(network, tmp_path / f"n{seed}", ModelMeta(architecture=architecture, training={"seed": seed}))
+        networks.append(network)
+    pair, pair_meta = average_models([tmp_path / "n1", tmp_path / "n2"])
+    save_model(pair, tmp_path / "pair", pair_meta)
+    triple, meta = average_models([tmp_path / "pair", tmp_path / "n3"])
+    # Equal weights, a third each: not the pair's mean averaged with n3 (1/4, 1/4, 1/2).
+    expected = np.mean([n.predict(faces, verbose=0) for n in networks], axis=0)
+    np.testing.assert_allclose(triple.predict(faces, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    assert meta.architecture == "average(vgg_small,vgg,vgg_small)"
+    assert [m["training"] for m in meta.training["members"]] == [{"seed": 1}, {"seed": 2}, {"seed": 3}]
+    assert [m["model"] for m in meta.training["members"]] == [str(tmp_path / f"n{i}") for i in (1, 2, 3)]
+    with pytest.raises(ValueError, match="n2: holds the same network as .*pair"):
+        average_models([tmp_path / "pair", tmp_path / "n2"])
+
+
 def test_ensemble_rejects_members_that_disagree(tmp_path):
     from ferkit.model import average_models
 
@@ -237,7 +261,7 @@ def test_ensemble_rejects_members_that_disagree(tmp_path):
                ModelMeta(class_names=["a", "b", "c", "d", "e"], architecture="vgg_small"))
     with pytest.raises(ValueError, match="fer5: class_names .* differs from .*fer7's"):
         average_models([tmp_path / "fer7", tmp_path / "fer5"])
-    with pytest.raises(ValueError, match="at least two models, got 1"):
+    with pytest.raises(ValueError, match="at least two networks, got 1"):
         average_models([tmp_path / "fer7"])
 
 
