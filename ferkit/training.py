@@ -413,7 +413,7 @@ def load_initial_weights(model, path: str | Path) -> ModelMeta:
     For a second, differently regularised training stage or fine-tuning; the
     saved model must have the same architecture and number of classes. From an
     average of models (``python -m ferkit ensemble``, such as the shipped
-    ``fer``) it takes the member of ``model``'s architecture.
+    ``fer``) it takes the first member of ``model``'s architecture.
     """
     from ferkit.model import load_model, networks_of
 
