@@ -228,8 +228,8 @@ def cmd_ensemble(args) -> None:
     if args.data:
         public = evaluation.align_to_model(data.load_fer2013(args.data, progress=not args.no_progress), meta)
         public = public.split("PublicTest")
-        members = averaged.layers[1:-1]
-        for record, member in zip(meta.training["members"], members):
+        members = model_module.networks_of(averaged, meta, args.out)
+        for member, record in members:
             accuracy = (training.predict_probabilities(member, public.images).argmax(1) == public.labels).mean()
             print(f"{record['model']} ({record['architecture']}): PublicTest accuracy {accuracy:.4f}")
         accuracy = (training.predict_probabilities(averaged, public.images).argmax(1) == public.labels).mean()
