@@ -1,10 +1,12 @@
-"""Training: the tf.data pipeline, augmentation, callbacks, and resumable runs.
+"""Training: the input pipeline, augmentation, callbacks, and resumable runs, on any Keras backend.
 
-Augmentation happens in tf.data, one combined affine transform per batch
-(flip, rotation, zoom, shift in a single resampling), plus random erasing and
-brightness/contrast jitter. That was measured ~2x faster on this project's
-CPUs than Keras ``Random*`` layers inside the model, and it keeps the saved
-model free of training-only layers.
+Augmentation happens on the host, before the model: one combined affine
+transform per image (flip, rotation, zoom, shift in a single resampling), plus
+random erasing and brightness/contrast jitter. That was measured ~2x faster on
+this project's CPUs than Keras ``Random*`` layers inside the model, and it
+keeps the saved model free of training-only layers. Plain NumPy batches
+(a ``keras.utils.PyDataset``) let the same code train under TensorFlow, JAX
+or PyTorch, so ``KERAS_BACKEND=jax`` uses a GPU where only JAX has one.
 """
 
 from __future__ import annotations
@@ -85,83 +87,130 @@ class TrainConfig:
 # Data pipeline
 
 
-def augment_batch(images, augmentation: Augmentation, seed=None):
-    """Randomly transform a batch (B, H, W, 1) float32 in 0-255; returns the same shape."""
-    import tensorflow as tf
+def augment_batch(images: np.ndarray, augmentation: Augmentation, rng: np.random.Generator) -> np.ndarray:
+    """Randomly transform a batch (B, H, W, 1) float32 in 0-255; returns a new array of the same shape.
+
+    Geometry is one affine resampling per image (OpenCV, bilinear, mirrored
+    border): flip, rotation, zoom and shift cost the same as any one of them.
+    Plain NumPy and OpenCV on the host, so every Keras backend trains with it.
+    """
+    import cv2
 
     a = augmentation
-    batch = tf.shape(images)[0]
-    size = tf.cast(tf.shape(images)[1], tf.float32)
-    uniform = lambda low, high: tf.random.uniform([batch], low, high, seed=seed)
-    angle = uniform(-a.rotation_degrees, a.rotation_degrees) * (math.pi / 180)
+    batch, size = images.shape[0], images.shape[1]
+    uniform = lambda low, high: rng.uniform(low, high, batch).astype(np.float32)
+    angle = np.deg2rad(uniform(-a.rotation_degrees, a.rotation_degrees))
     scale = uniform(1 - a.zoom, 1 + a.zoom)
-    flip = tf.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0) if a.flip else tf.ones([batch])
+    flip = np.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0) if a.flip else np.ones(batch)
     tx, ty = uniform(-a.shift, a.shift) * size, uniform(-a.shift, a.shift) * size
-    # The transform maps each output pixel back to the input pixel it samples:
-    # input = M (output - centre - shift) + centre, M = rotation^-1 scale^-1 flip.
-    cos, sin, centre = tf.cos(angle) / scale, tf.sin(angle) / scale, (size - 1) / 2
+    # Each output pixel samples input = M (output - centre - shift) + centre, M = rotation^-1 scale^-1 flip.
+    cos, sin, centre = np.cos(angle) / scale, np.sin(angle) / scale, (size - 1) / 2
     a0, a1, b0, b1 = flip * cos, sin, -flip * sin, cos
     a2 = centre - a0 * (centre + tx) - a1 * (centre + ty)
     b2 = centre - b0 * (centre + tx) - b1 * (centre + ty)
-    zeros = tf.zeros([batch])
-    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="REFLECT")
+    inverse_maps = np.stack([np.stack([a0, a1, a2], 1), np.stack([b0, b1, b2], 1)], 1)
+    out = np.empty_like(images, dtype=np.float32)
+    for i in range(batch):
+        out[i, :, :, 0] = cv2.warpAffine(images[i, :, :, 0], inverse_maps[i], (size, size),
+                                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                         borderMode=cv2.BORDER_REFLECT)
 
     if a.contrast or a.brightness:
-        mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
-        factor = tf.reshape(uniform(1 - a.contrast, 1 + a.contrast), [-1, 1, 1, 1])
-        shift = tf.reshape(uniform(-a.brightness, a.brightness), [-1, 1, 1, 1])
+        mean = out.mean(axis=(1, 2, 3), keepdims=True)
+        factor = uniform(1 - a.contrast, 1 + a.contrast).reshape(-1, 1, 1, 1)
+        shift = uniform(-a.brightness, a.brightness).reshape(-1, 1, 1, 1)
         out = (out - mean) * factor + mean + shift
 
     if a.erase_probability > 0:
         area = uniform(0.02, 0.2) * size * size
-        aspect = tf.exp(uniform(math.log(0.3), math.log(3.3)))
-        h = tf.minimum(tf.sqrt(area * aspect), size)
-        w = tf.minimum(tf.sqrt(area / aspect), size)
+        aspect = np.exp(uniform(math.log(0.3), math.log(3.3)))
+        h = np.minimum(np.sqrt(area * aspect), size)
+        w = np.minimum(np.sqrt(area / aspect), size)
         y0, x0 = uniform(0.0, 1.0) * (size - h), uniform(0.0, 1.0) * (size - w)
-        grid = tf.range(size)
+        grid = np.arange(size)
         rows = (grid[None, :] >= y0[:, None]) & (grid[None, :] < (y0 + h)[:, None])
         cols = (grid[None, :] >= x0[:, None]) & (grid[None, :] < (x0 + w)[:, None])
         erase = rows[:, :, None] & cols[:, None, :] & (uniform(0.0, 1.0) < a.erase_probability)[:, None, None]
-        fill = tf.random.uniform(tf.shape(out), 0, 255, seed=seed)
-        out = tf.where(erase[..., None], fill, out)
-    return tf.clip_by_value(out, 0.0, 255.0)
+        fill = rng.uniform(0, 255, out.shape).astype(np.float32)
+        out = np.where(erase[..., None], fill, out)
+    return np.clip(out, 0.0, 255.0, out=out)
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, *,
-                 training: bool, augmentation: Augmentation | None = None, seed: int = 0):
-    """A tf.data pipeline of ((B, 48, 48, 1) float32 0-255, (B, num_classes) one-hot) batches."""
-    import tensorflow as tf
+                 training: bool, augmentation: Augmentation | None = None, seed: int = 0, first_epoch: int = 0):
+    """Batches of ((B, 48, 48, 1) float32 0-255, (B, num_classes) float32 one-hot), as a ``keras.utils.PyDataset``.
 
-    dataset = tf.data.Dataset.from_tensor_slices((to_model_input(images), labels.astype(np.int32)))
-    if training:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=training and len(labels) >= batch_size)
+    With ``training`` the images are reshuffled every epoch (dropping the last
+    partial batch) and augmented; batch ``i`` of epoch ``e`` depends only on
+    ``(seed, e, i)``, so a run resumed at ``first_epoch`` sees the batches the
+    uninterrupted run would have. Any Keras backend consumes it.
+    """
+    import keras
 
-    def prepare(x, y):
-        if training and augmentation is not None:
-            x = augment_batch(x, augmentation)
-        return x, tf.one_hot(y, num_classes)
+    x = to_model_input(images)
+    y = np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
 
-    return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = first_epoch
+
+        def __len__(self):
+            if training and len(x) >= batch_size:
+                return len(x) // batch_size
+            return math.ceil(len(x) / batch_size)
+
+        def __getitem__(self, index):
+            if not training:
+                rows = slice(index * batch_size, (index + 1) * batch_size)
+                return x[rows], y[rows]
+            order = np.random.default_rng((seed, self.epoch)).permutation(len(x))
+            rows = np.sort(order[index * batch_size:(index + 1) * batch_size])
+            images_out = x[rows]
+            if augmentation is not None:
+                images_out = augment_batch(images_out, augmentation, np.random.default_rng((seed, self.epoch, index)))
+            return images_out, y[rows]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+
+    return Batches()
 
 
 # ----------------------------------------------------------------------------
 # Hardware
 
 
+def accelerators() -> list[tuple[str, float]]:
+    """(name, compute capability) of each GPU the Keras backend sees; capability 0 where unknown."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        details = [tf.config.experimental.get_device_details(g) for g in tf.config.list_physical_devices("GPU")]
+        return [(d.get("device_name", "GPU"), float("%d.%d" % d.get("compute_capability", (0, 0)))) for d in details]
+    if backend == "jax":
+        import jax
+
+        return [(d.device_kind, float(getattr(d, "compute_capability", 0) or 0))
+                for d in jax.devices() if d.platform == "gpu"]
+    if backend == "torch":
+        import torch
+
+        return [(torch.cuda.get_device_name(i), float("%d.%d" % torch.cuda.get_device_capability(i)))
+                for i in range(torch.cuda.device_count())]
+    return []
+
+
 def choose_precision(requested: str = "auto") -> str:
     """The Keras dtype policy to train with: bf16 where the hardware has fast bf16."""
-    import tensorflow as tf
-
     if requested != "auto":
         return {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[requested]
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = accelerators()
     if gpus:
-        major = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))[0]
-        return "mixed_bfloat16" if major >= 8 else "mixed_float16"
+        return "mixed_bfloat16" if gpus[0][1] >= 8 else "mixed_float16"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -170,7 +219,24 @@ def choose_precision(requested: str = "auto") -> str:
 
 
 def get_strategy():
-    """A TPU strategy on a TPU, MirroredStrategy over several GPUs (or logical CPUs), else the default."""
+    """Where to build the model: a ``tf.distribute`` strategy under TensorFlow, else a null context.
+
+    TensorFlow: TPUStrategy on a TPU, MirroredStrategy over several GPUs (or
+    logical CPUs), else the default. JAX with several devices: Keras's
+    ``DataParallel`` distribution is set, which splits each batch across them.
+    """
+    import contextlib
+
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if len(jax.devices()) > 1:
+            keras.distribution.set_distribution(keras.distribution.DataParallel())
+        return contextlib.nullcontext()
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
     import tensorflow as tf
 
     try:
@@ -262,7 +328,7 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     strategy = get_strategy()
     batch_size = config.batch_size
     steps_per_epoch = len(train_split) // batch_size or 1
-    with strategy.scope():
+    with strategy.scope() if hasattr(strategy, "scope") else strategy:
         model = build_model(config.architecture, num_classes)
         initial_meta = load_initial_weights(model, config.init_weights) if config.init_weights else None
         optimizer = keras.optimizers.SGD(learning_rate_schedule(config, steps_per_epoch), momentum=0.9,
@@ -271,12 +337,11 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                       metrics=["accuracy"])
 
-    train_ds = make_dataset(train_split.images, train_split.labels, num_classes, batch_size, training=True,
-                            augmentation=config.augmentation, seed=config.seed)
-    val_ds = make_dataset(val_split.images, val_split.labels, num_classes, 256, training=False)
-
     log_path = checkpoint_dir / "history.csv"
     previous = read_history(log_path)
+    train_ds = make_dataset(train_split.images, train_split.labels, num_classes, batch_size, training=True,
+                            augmentation=config.augmentation, seed=config.seed, first_epoch=len(previous))
+    val_ds = make_dataset(val_split.images, val_split.labels, num_classes, 256, training=False)
     best_path = checkpoint_dir / "best.weights.h5"
     threshold = None
     callbacks = [
@@ -304,9 +369,8 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
 
     started = time.perf_counter()
     weights = class_weights(train_split.labels, num_classes) if config.class_weight == "balanced" else None
-    # shuffle=False: train_ds shuffles itself (seeded); fit's own flag would only warn that it is ignored.
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
-              class_weight=weights, verbose=verbose, shuffle=False)
+              class_weight=weights, verbose=verbose)
     wall = time.perf_counter() - started
 
     history = read_history(log_path)
@@ -370,7 +434,8 @@ def recompute_batchnorm(model, dataset) -> None:
         return
     saved_momentum = [layer.momentum for layer in layers]
     try:
-        for seen, (images, _) in enumerate(dataset):
+        for seen in range(len(dataset)):
+            images, _ = dataset[seen]
             for layer in layers:
                 layer.momentum = seen / (seen + 1)  # 0 on the first batch: earlier statistics are dropped
             model(images, training=True)
@@ -439,11 +504,11 @@ def load_initial_weights(model, path: str | Path) -> ModelMeta:
 
 
 def _hardware() -> str:
-    import tensorflow as tf
+    import keras
 
-    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-            for g in tf.config.list_physical_devices("GPU")]
-    return ", ".join(gpus) if gpus else f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
+    gpus = [name for name, _ in accelerators()]
+    where = ", ".join(gpus) if gpus else f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
+    return f"{where} (Keras backend {keras.backend.backend()})"
 
 
 def predict_probabilities(model, images: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:

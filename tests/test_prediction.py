@@ -161,8 +161,8 @@ def test_crop_is_square_with_margin_and_survives_the_border():
 
 def test_training_and_inference_feed_the_model_the_same_way(predictor, astronaut):
     crops = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
-    batches = list(training.make_dataset(crops, np.zeros(5, int), 7, 8, training=False))
-    np.testing.assert_array_equal(batches[0][0].numpy(), to_model_input(crops))
+    batches = training.make_dataset(crops, np.zeros(5, int), 7, 8, training=False)
+    np.testing.assert_array_equal(batches[0][0], to_model_input(crops))
 
     seen = []
     real_forward = predictor._forward

@@ -97,7 +97,7 @@ def test_threshold_stop_ends_a_real_fit_at_the_right_epoch():
 def test_flip_only_augmentation_mirrors_or_keeps():
     images = np.random.default_rng(0).integers(0, 256, (64, 48, 48, 1)).astype("float32")
     only_flip = training.Augmentation(rotation_degrees=0, zoom=0, shift=0, erase_probability=0, brightness=0, contrast=0)
-    out = training.augment_batch(tf.constant(images), only_flip).numpy()
+    out = training.augment_batch(images, only_flip, np.random.default_rng(0))
     same = np.isclose(out, images, atol=1e-3).all(axis=(1, 2, 3))
     mirrored = np.isclose(out, images[:, :, ::-1], atol=1e-3).all(axis=(1, 2, 3))
     assert (same | mirrored).all() and same.any() and mirrored.any()
@@ -106,9 +106,56 @@ def test_flip_only_augmentation_mirrors_or_keeps():
 def test_shift_and_erasing_change_images_within_range():
     images = np.full((32, 48, 48, 1), 128, "float32")
     images[:, 20:28, 20:28] = 255
-    out = training.augment_batch(tf.constant(images), training.Augmentation()).numpy()
+    out = training.augment_batch(images, training.Augmentation(), np.random.default_rng(0))
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
     assert not np.isclose(out, images).all(axis=(1, 2, 3)).any()
+
+
+def test_augmented_rotation_turns_a_bar_about_the_centre():
+    images = np.zeros((1, 48, 48, 1), "float32")
+    images[0, 23:25, 4:44] = 255  # a horizontal bar through the centre
+    quarter = training.Augmentation(flip=False, rotation_degrees=0, zoom=0, shift=0, erase_probability=0,
+                                    brightness=0, contrast=0)
+    np.testing.assert_allclose(training.augment_batch(images, quarter, np.random.default_rng(0)), images, atol=1e-3)
+    turned = training.augment_batch(images, replace(quarter, rotation_degrees=90), _FixedDraws(1.0))
+    assert turned[0, 4:44, 23:25].mean() > 200 and turned[0, 23:25, 4:18].mean() < 60  # now vertical
+
+
+class _FixedDraws:
+    """A stand-in numpy Generator whose uniform(low, high) always returns low + fraction * (high - low)."""
+
+    def __init__(self, fraction):
+        self.fraction = fraction
+
+    def uniform(self, low, high, size):
+        return np.full(size, low + self.fraction * (high - low))
+
+
+def test_training_batches_cover_every_image_once_per_epoch_and_replay_after_resume():
+    images = np.arange(50, dtype=np.uint8).repeat(48 * 48).reshape(50, 48, 48)
+    labels = np.arange(50) % 7
+    plain = dict(training=True, augmentation=None, seed=3)
+    batches = training.make_dataset(images, labels, 7, 16, **plain)
+    assert len(batches) == 3  # 50 // 16: the partial batch is dropped
+    epochs = []
+    for _ in range(3):
+        seen = np.concatenate([batches[i][0][:, 0, 0, 0] for i in range(len(batches))]).astype(int)
+        targets = np.concatenate([batches[i][1] for i in range(len(batches))])
+        assert len(set(seen)) == 48 and (targets.argmax(1) == labels[seen]).all()
+        epochs.append(seen)
+        batches.on_epoch_end()
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled every epoch
+    resumed = training.make_dataset(images, labels, 7, 16, **plain, first_epoch=2)
+    np.testing.assert_array_equal(np.concatenate([resumed[i][0][:, 0, 0, 0] for i in range(3)]), epochs[2])
+    augmented = training.make_dataset(images, labels, 7, 16, training=True, augmentation=training.Augmentation())
+    np.testing.assert_array_equal(augmented[1][0], augmented[1][0])  # a batch is a function of (seed, epoch, index)
+
+
+def test_validation_batches_keep_order_and_the_last_partial_batch():
+    images = np.arange(10, dtype=np.uint8).repeat(48 * 48).reshape(10, 48, 48)
+    batches = training.make_dataset(images, np.zeros(10, int), 7, 4, training=False)
+    assert len(batches) == 3
+    np.testing.assert_array_equal(np.concatenate([batches[i][0] for i in range(3)]), to_model_input(images))
 
 
 @pytest.mark.parametrize("name", ["vgg", "seed_cnn", "vgg_small"])
@@ -426,7 +473,7 @@ def test_recompute_batchnorm_sets_the_exact_statistics_of_the_data():
     norm = keras.layers.BatchNormalization()
     model = keras.Model(inputs, keras.layers.Dense(2)(norm(inputs)))
     x = np.random.default_rng(0).normal([1, -2, 3, 0.5], [1, 2, 0.5, 3], size=(96, 4)).astype("float32")
-    training.recompute_batchnorm(model, tf.data.Dataset.from_tensor_slices((x, np.zeros(96))).batch(32))
+    training.recompute_batchnorm(model, [(x[i:i + 32], np.zeros(32)) for i in range(0, 96, 32)])
     # Equal batches: the data's mean, and the mean of the three batch variances.
     np.testing.assert_allclose(norm.moving_mean.numpy(), x.mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(norm.moving_variance.numpy(), x.reshape(3, 32, 4).var(1).mean(0), rtol=1e-4)
