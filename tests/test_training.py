@@ -425,6 +425,37 @@ def test_two_logical_devices_train_under_mirrored_strategy(tmp_path):
     assert "STRATEGY MirroredStrategy 2" in result.stdout and "EPOCHS 1 AVERAGED 1" in result.stdout
 
 
+def test_training_runs_under_jax_without_tensorflow_on_two_devices_and_loads_back(tmp_path):
+    """The GPU machine this project trained on had JAX but no TensorFlow; this is that path, on CPU."""
+    pytest.importorskip("jax")
+    result = run_python("""
+        import sys
+        class NoTensorFlow:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "tensorflow":
+                    raise ImportError("tensorflow is blocked in this test")
+        sys.meta_path.insert(0, NoTensorFlow())
+        import jax, keras
+        from ferkit.sample import cartoon_faces
+        from ferkit.training import TrainConfig, train
+        config = TrainConfig(architecture="vgg_small", epochs=2, batch_size=16, warmup_epochs=0, precision="float32")
+        result = train(cartoon_faces(2), config, out="m/fer", checkpoint_dir="ck", verbose=0)
+        print("BACKEND", keras.backend.backend(), "DEVICES", len(jax.devices()), "DISTRIBUTION",
+              type(keras.distribution.distribution()).__name__, "EPOCHS", len(result.history))
+    """, tmp_path, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "BACKEND jax DEVICES 2 DISTRIBUTION DataParallel EPOCHS 2" in result.stdout
+    # Saved under JAX, loaded here under TensorFlow: the same predictions as the JAX run's best epoch.
+    model, meta = load_model(tmp_path / "m" / "fer")
+    assert "Keras backend jax" in meta.training["hardware"]
+    best = max(training.read_history(tmp_path / "ck" / "history.csv"), key=lambda r: r["val_accuracy"])
+    from ferkit.sample import cartoon_faces
+
+    val = cartoon_faces(2).split("PublicTest")
+    accuracy = (training.predict_probabilities(model, val.images).argmax(1) == val.labels).mean()
+    assert accuracy == pytest.approx(best["val_accuracy"], abs=1e-6)
+
+
 # ---------------------------------------------------------------- weight averaging
 
 
