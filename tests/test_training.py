@@ -151,6 +151,21 @@ def test_training_batches_cover_every_image_once_per_epoch_and_replay_after_resu
     np.testing.assert_array_equal(augmented[1][0], augmented[1][0])  # a batch is a function of (seed, epoch, index)
 
 
+def test_fit_moves_the_batches_on_to_a_new_epoch_each_epoch():
+    images = np.zeros((64, 48, 48), np.uint8)
+    batches = training.make_dataset(images, np.arange(64) % 7, 7, 16, training=True, augmentation=None)
+    epochs_read = []
+    read = type(batches).__getitem__
+    type(batches).__getitem__ = lambda self, index: (epochs_read.append(self.epoch), read(self, index))[1]
+    model = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(), keras.layers.Dense(7, "softmax")])
+    model.compile("sgd", "categorical_crossentropy")
+    model.fit(batches, epochs=3, verbose=0)
+    # Each of the 3 epochs reads its 4 batches from a shuffle of its own. (Keras reads a batch or two more
+    # to learn the shapes, and may move the dataset on once before the first epoch: the offset is the same
+    # in a resumed run, so it replays the same batches.)
+    assert sorted(epochs_read.count(epoch) for epoch in set(epochs_read))[-3:] == [4, 4, 4]
+
+
 def test_validation_batches_keep_order_and_the_last_partial_batch():
     images = np.arange(10, dtype=np.uint8).repeat(48 * 48).reshape(10, 48, 48)
     batches = training.make_dataset(images, np.zeros(10, int), 7, 4, training=False)
