@@ -1,6 +1,6 @@
 """Training and inference throughput: ferkit's pipeline beside a naive Keras one, same run.
 
-    python benchmarks/bench_training.py [--architectures vgg_small seed_cnn] [--steps 30] [--repeats 3]
+    python benchmarks/bench_training.py [--architectures vgg_small seed_cnn] [--steps 20] [--repeats 7]
 
 "ferkit": ferkit's input pipeline (``make_dataset``: a ``keras.utils.PyDataset``
 augmenting each batch on the host with one affine transform per image), mixed
@@ -8,11 +8,14 @@ precision where the hardware has fast bf16 (``choose_precision``).
 "ferkit in float32": the same pipeline without mixed precision, to separate the
 two effects. "naive": the same architecture with augmentation as Keras
 ``Random*`` layers inside the model (flip, rotation, zoom, translation), float32.
-Images/second are medians over ``--repeats`` timed epochs of ``--steps`` steps
-each, after one warm-up epoch, all in one ``fit`` call per model so the input
-pipeline keeps one iterator (as real training does) and no timed epoch pays for
-tracing or a new iterator. "input alone" is ferkit's augmenting
-pipeline iterated without a model: the most images/second it could feed.
+The arms take turns: each round times one epoch of ``--steps`` steps of every
+arm, one after the other, after one untimed warm-up epoch each (tracing). This
+machine's speed swings by 2x within minutes (shared cores), so arms timed one
+after the other in blocks measure the machine as much as the code; in turns,
+each round's ratio compares arms run seconds apart. Images/second are medians
+over ``--repeats`` rounds, and "ferkit / naive" is the median of the rounds'
+ratios. "input alone" is ferkit's augmenting pipeline iterated without a
+model: the most images/second it could feed.
 Inference is the float32 model's forward pass compiled with tf.function, as
 ``Predictor`` runs it. Inputs are random 48x48 images: speed does not depend on
 content.
@@ -29,12 +32,22 @@ import time
 import numpy as np
 
 
-def timed_fit(model, dataset, steps, repeats, batch_size):
-    """Median images/second over ``repeats`` epochs of one ``fit``, after a warm-up epoch."""
+def timed_rounds(arms, steps, repeats, batch_size):
+    """{name: [images/second per round]} for ``arms`` ({name: (model, dataset)}) timed in turns.
+
+    One untimed warm-up epoch per arm first (tracing), then ``repeats`` rounds
+    of one ``fit`` epoch of ``steps`` steps per arm.
+    """
     from ferkit.callbacks import EpochTimer
 
-    history = model.fit(dataset, steps_per_epoch=steps, epochs=repeats + 1, verbose=0, callbacks=[EpochTimer()])
-    return statistics.median(steps * batch_size / s for s in history.history["epoch_seconds"][1:])
+    for model, dataset in arms.values():
+        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+    rates = {name: [] for name in arms}
+    for _ in range(repeats):
+        for name, (model, dataset) in arms.items():
+            history = model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[EpochTimer()])
+            rates[name].append(steps * batch_size / history.history["epoch_seconds"][0])
+    return rates
 
 
 def timed_input(dataset, steps, repeats, batch_size):
@@ -52,8 +65,8 @@ def timed_input(dataset, steps, repeats, batch_size):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architectures", nargs="+", default=["vgg_small", "seed_cnn"])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
 
@@ -72,15 +85,13 @@ def main():
     rows = []
     for name in args.architectures:
         ours_ds = make_dataset(images, labels, 7, args.batch_size, training=True, augmentation=Augmentation())
-        ours_rates = {}
+        arms = {}
         # The same pipeline in float32 too, so the table separates what precision and augmentation each give.
         for precision in dict.fromkeys([policy, "float32"]):
             keras.mixed_precision.set_global_policy(precision)
             ours = build_model(name)
             ours.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="categorical_crossentropy")
-            ours_rates[precision] = timed_fit(ours, ours_ds, args.steps, args.repeats, args.batch_size)
-        ours_rate, ours_float32_rate = ours_rates[policy], ours_rates["float32"]
-        input_rate = timed_input(ours_ds, args.steps, args.repeats, args.batch_size)
+            arms[precision] = (ours, ours_ds)
 
         keras.mixed_precision.set_global_policy("float32")
         inner = build_model(name)
@@ -93,7 +104,12 @@ def main():
         naive.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="categorical_crossentropy")
         naive_ds = tf.data.Dataset.from_tensor_slices(
             (images[..., None].astype("float32"), tf.one_hot(labels, 7))).batch(args.batch_size).repeat()
-        naive_rate = timed_fit(naive, naive_ds, args.steps, args.repeats, args.batch_size)
+        arms["naive"] = (naive, naive_ds)
+
+        rates = timed_rounds(arms, args.steps, args.repeats, args.batch_size)
+        ratio = statistics.median(a / b for a, b in zip(rates[policy], rates["naive"]))
+        ours_rate, ours_float32_rate, naive_rate = (statistics.median(rates[k]) for k in (policy, "float32", "naive"))
+        input_rate = timed_input(ours_ds, args.steps, args.repeats, args.batch_size)
 
         float_model = build_model(name)
         # Inference as Predictor runs it: the forward pass compiled once with tf.function.
@@ -111,16 +127,16 @@ def main():
                     np.asarray(forward(batch))
                 times.append((time.perf_counter() - start) / reps)
             infer[label] = len(batch) / statistics.median(times)
-        rows.append((name, float_model.count_params(), ours_rate, ours_float32_rate, naive_rate, input_rate,
+        rows.append((name, float_model.count_params(), ours_rate, ours_float32_rate, naive_rate, ratio, input_rate,
                      infer["1"], infer["64"]))
 
     print(f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, TensorFlow {tf.__version__}, "
-          f"ferkit precision {policy}, batch {args.batch_size}, median of {args.repeats} epochs x {args.steps} steps")
+          f"ferkit precision {policy}, batch {args.batch_size}, median of {args.repeats} rounds x {args.steps} steps")
     print("| model | params | train img/s ferkit | ferkit in float32 | naive | ferkit / naive | input alone "
           "| infer faces/s batch 1 | batch 64 |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, params, ours, ours_float32, naive, feed, b1, b64 in rows:
-        print(f"| {name} | {params / 1e6:.2f}M | {ours:.0f} | {ours_float32:.0f} | {naive:.0f} | {ours / naive:.1f}x "
+    for name, params, ours, ours_float32, naive, ratio, feed, b1, b64 in rows:
+        print(f"| {name} | {params / 1e6:.2f}M | {ours:.0f} | {ours_float32:.0f} | {naive:.0f} | {ratio:.2f}x "
               f"| {feed:.0f} | {b1:.0f} | {b64:.0f} |")
 
 

@@ -154,6 +154,14 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
         def __init__(self):
             super().__init__(workers=1, use_multiprocessing=False)
             self.epoch = first_epoch
+            self._order_epoch, self._order = None, None
+
+        def order(self):
+            """This epoch's shuffle of the image indices, drawn once per epoch."""
+            if self._order_epoch != self.epoch:
+                self._order = np.random.default_rng((seed, self.epoch)).permutation(len(x))
+                self._order_epoch = self.epoch
+            return self._order
 
         def __len__(self):
             if training and len(x) >= batch_size:
@@ -164,8 +172,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
             if not training:
                 rows = slice(index * batch_size, (index + 1) * batch_size)
                 return x[rows], y[rows]
-            order = np.random.default_rng((seed, self.epoch)).permutation(len(x))
-            rows = np.sort(order[index * batch_size:(index + 1) * batch_size])
+            rows = np.sort(self.order()[index * batch_size:(index + 1) * batch_size])
             images_out = x[rows]
             if augmentation is not None:
                 images_out = augment_batch(images_out, augmentation, np.random.default_rng((seed, self.epoch, index)))
@@ -218,25 +225,38 @@ def choose_precision(requested: str = "auto") -> str:
     return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
+class _NoStrategy:
+    """Stands in for a ``tf.distribute`` strategy outside TensorFlow: a ``scope()`` that does nothing."""
+
+    def __init__(self, num_replicas_in_sync: int = 1):
+        self.num_replicas_in_sync = num_replicas_in_sync
+
+    def scope(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
 def get_strategy():
-    """Where to build the model: a ``tf.distribute`` strategy under TensorFlow, else a null context.
+    """Where to build the model: an object whose ``scope()`` the model and optimizer are created in.
 
-    TensorFlow: TPUStrategy on a TPU, MirroredStrategy over several GPUs (or
-    logical CPUs), else the default. JAX with several devices: Keras's
-    ``DataParallel`` distribution is set, which splits each batch across them.
+    TensorFlow: a ``tf.distribute`` strategy, TPUStrategy on a TPU,
+    MirroredStrategy over several GPUs (or logical CPUs), else the default.
+    JAX with several devices: Keras's ``DataParallel`` distribution is set,
+    which splits each batch across them, and the scope does nothing. Either
+    way ``num_replicas_in_sync`` says over how many devices a batch is split.
     """
-    import contextlib
-
     import keras
 
     if keras.backend.backend() == "jax":
         import jax
 
-        if len(jax.devices()) > 1:
+        devices = len(jax.devices())
+        if devices > 1:
             keras.distribution.set_distribution(keras.distribution.DataParallel())
-        return contextlib.nullcontext()
+        return _NoStrategy(devices)
     if keras.backend.backend() != "tensorflow":
-        return contextlib.nullcontext()
+        return _NoStrategy()
     import tensorflow as tf
 
     try:
@@ -328,7 +348,7 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     strategy = get_strategy()
     batch_size = config.batch_size
     steps_per_epoch = len(train_split) // batch_size or 1
-    with strategy.scope() if hasattr(strategy, "scope") else strategy:
+    with strategy.scope():
         model = build_model(config.architecture, num_classes)
         initial_meta = load_initial_weights(model, config.init_weights) if config.init_weights else None
         optimizer = keras.optimizers.SGD(learning_rate_schedule(config, steps_per_epoch), momentum=0.9,
