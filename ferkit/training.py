@@ -2,9 +2,9 @@
 
 Augmentation happens on the host, before the model: one combined affine
 transform per image (flip, rotation, zoom, shift in a single resampling), plus
-random erasing and brightness/contrast jitter. That was measured ~2x faster on
-this project's CPUs than Keras ``Random*`` layers inside the model, and it
-keeps the saved model free of training-only layers. Plain NumPy batches
+random erasing and brightness/contrast jitter. It keeps the saved model free
+of training-only layers, costs a few percent of a CPU training step (see
+``benchmarks/bench_training.py``), and overlaps with it. Plain NumPy batches
 (a ``keras.utils.PyDataset``) let the same code train under TensorFlow, JAX
 or PyTorch, so ``KERAS_BACKEND=jax`` uses a GPU where only JAX has one.
 """
