@@ -389,8 +389,10 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
 
     started = time.perf_counter()
     weights = class_weights(train_split.labels, num_classes) if config.class_weight == "balanced" else None
+    # shuffle=False: the batches shuffle themselves, seeded per epoch; Keras's own reordering of them
+    # draws on Python's global random state, which a resumed run does not get back.
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
-              class_weight=weights, verbose=verbose)
+              class_weight=weights, verbose=verbose, shuffle=False)
     wall = time.perf_counter() - started
 
     history = read_history(log_path)

@@ -350,8 +350,19 @@ def test_init_weights_from_an_ensemble_take_the_member_of_that_architecture(tmp_
 TRAIN_SCRIPT = """
     import os, sys
     import keras
+    import ferkit.training
     from ferkit.sample import cartoon_faces
     from ferkit.training import TrainConfig, train
+
+    def logged_dataset(*args, make_dataset=ferkit.training.make_dataset, **kwargs):
+        # Prints "BATCH epoch index" for every training batch read, in the order it is read.
+        batches = make_dataset(*args, **kwargs)
+        if kwargs["training"]:
+            read = type(batches).__getitem__
+            type(batches).__getitem__ = lambda self, i: (print("BATCH", self.epoch, i), read(self, i))[1]
+        return batches
+
+    ferkit.training.make_dataset = logged_dataset
 
     class Crash(keras.callbacks.Callback):
         # A power cut after the given epoch: no cleanup, no exception handlers.
@@ -360,7 +371,8 @@ TRAIN_SCRIPT = """
                 os._exit(3)
 
     data = cartoon_faces(per_class_and_split=6, seed=0)
-    config = TrainConfig(architecture="vgg_small", epochs=4, batch_size=32, warmup_epochs=0, precision="float32",
+    config = TrainConfig(architecture="vgg_small", epochs=4, batch_size=int(os.environ.get("BATCH_SIZE", "32")),
+                         warmup_epochs=0, precision="float32",
                          average_last=int(os.environ.get("AVERAGE_LAST", "0")))
     result = train(data, config, out="model/fer", checkpoint_dir="ck", verbose=0, extra_callbacks=[Crash()])
     print("BEST", result.best_epoch, len(result.history))
@@ -393,6 +405,22 @@ def test_training_resumes_after_a_kill(tmp_path):
     assert best_epoch == 1 + int(max(history, key=lambda r: r["val_accuracy"])["epoch"])
     meta = json.loads((tmp_path / "model" / "fer.meta.json").read_text())
     assert meta["training"]["epochs_run"] == 4
+
+
+def test_a_resumed_run_reads_the_batches_of_an_uninterrupted_one_in_the_same_order(tmp_path):
+    (tmp_path / "straight").mkdir(), (tmp_path / "resumed").mkdir()
+    straight = run_python(TRAIN_SCRIPT, tmp_path / "straight", BATCH_SIZE="8")
+    assert run_python(TRAIN_SCRIPT, tmp_path / "resumed", BATCH_SIZE="8", CRASH_AFTER="2").returncode == 3
+    resumed = run_python(TRAIN_SCRIPT, tmp_path / "resumed", BATCH_SIZE="8")
+    assert straight.returncode == 0 and resumed.returncode == 0, resumed.stderr[-2000:]
+
+    def batches_from_epoch_3(run):  # training epochs 3 and 4 read dataset epochs 3 and 4 (see above)
+        read = [tuple(map(int, line.split()[1:])) for line in run.stdout.splitlines() if line.startswith("BATCH")]
+        return [(epoch, index) for epoch, index in read if epoch >= 3]
+
+    # 42 training images, batches of 8: 5 batches per epoch, whose order a resume must keep too.
+    assert len(batches_from_epoch_3(straight)) == 10
+    assert batches_from_epoch_3(resumed) == batches_from_epoch_3(straight)
 
 
 def test_weight_averaging_resumes_after_a_kill_and_saves_the_better_candidate(tmp_path):
