@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from this saved model's weights (stem or .h5; same architecture and classes), "
                             "e.g. to fine-tune the shipped fer model")
     start.add_argument("--finetune-from", metavar="MODEL",
-                       help="a further training stage, as the shipped model was trained (stages 2 to 4): start from "
+                       help="a further training stage, as the shipped model's CPU networks were trained: start from "
                             "MODEL (the previous stage's --out) with a lower learning rate and milder rotation "
                             "and zoom")
     train.add_argument("--average-last", type=int, default=defaults.average_last, metavar="N",

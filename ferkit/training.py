@@ -66,7 +66,7 @@ class TrainConfig:
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def second_stage(self, init_weights: str | Path, epochs: int | None = None) -> "TrainConfig":
-        """A further training stage after this one, as in the shipped model's recipe (stages 2 to 4).
+        """A further training stage after this one, as in the CPU recipe of the shipped model's networks.
 
         It starts from the previous stage's saved model (``init_weights``) with a
         warm restart of the schedule at a lower peak learning rate (0.02, one
