@@ -20,15 +20,6 @@ REQUIRED_COLUMNS = ("emotion", "pixels", "usage")
 _SPACE, _ZERO = 32, 48
 
 
-class CsvSchemaError(ValueError):
-    """The CSV as a whole is unusable (no header, missing columns)."""
-
-
-def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
-    bounds = np.linspace(0, n, parts + 1).astype(int)
-    return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-
-
 def _workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 

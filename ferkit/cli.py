@@ -169,7 +169,7 @@ def _select(dataset: data.FerDataset, args) -> data.FerDataset:
 
 
 def cmd_train(args) -> None:
-    from ferkit import evaluation, training
+    from ferkit import training
 
     dataset = _select(_load(args), args).limit(args.limit, args.seed)
     config = training.TrainConfig(

@@ -152,18 +152,6 @@ def _haar():
 _DETECTOR_FACTORIES = {"yunet": _yunet, "mtcnn": _mtcnn, "haar": _haar}
 
 
-def available_detectors() -> dict[str, str | None]:
-    """``{name: None if it works here, else the reason it does not}``."""
-    status = {}
-    for name in DETECTORS:
-        try:
-            get_detector(name)
-            status[name] = None
-        except DetectorUnavailable as error:
-            status[name] = str(error)
-    return status
-
-
 def crop_face(gray: np.ndarray, face: Face, size: int, margin: float) -> np.ndarray:
     """Cut a face out of a grayscale image the way FER-2013's images are framed.
 

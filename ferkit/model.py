@@ -149,7 +149,6 @@ def save_model(model, path: str | Path, meta: ModelMeta) -> dict[str, Path]:
     The model is rebuilt in float32 first, so the files never carry a mixed
     precision policy into inference.
     """
-    keras = _keras()
     base = Path(path)
     base = base.with_suffix("") if base.suffix in (".json", ".h5", ".keras") else base
     base.parent.mkdir(parents=True, exist_ok=True)
