@@ -130,6 +130,71 @@ def build_model(name: str = DEFAULT_ARCHITECTURE, num_classes: int = len(CLASS_N
     return ARCHITECTURES[name](num_classes=num_classes, input_size=input_size)
 
 
+def _fused_batchnorm_class():
+    """``FusedBatchNormalization``, defined on first use so that importing ferkit does not import Keras."""
+    global _FusedBatchNormalization
+    if _FusedBatchNormalization is not None:
+        return _FusedBatchNormalization
+    keras = _keras()
+
+    class FusedBatchNormalization(keras.layers.BatchNormalization):
+        """Keras's BatchNormalization, trained with TensorFlow's fused kernel: same weights, same results.
+
+        Keras 3 normalises with separate mean, variance and arithmetic ops in
+        float32; TensorFlow's one fused op does the same 4-5x faster on a CPU
+        (forward and backward, bfloat16 or float32), which was a third of a
+        ``vgg_small`` training step. For training under TensorFlow only: saved
+        models are rebuilt with the built-in layer (``save_model``), so the
+        files stay plain Keras. Inference and anything it does not cover
+        (masks, renorm, other than NHWC) take the built-in path.
+        """
+
+        def call(self, inputs, training=None, mask=None):
+            if (not (training and self.trainable) or mask is not None or self.renorm or len(inputs.shape) != 4
+                    or self.axis not in (-1, 3) or not (self.scale and self.center)):
+                return super().call(inputs, training=training, mask=mask)
+            import tensorflow as tf
+
+            outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, self.gamma, self.beta, epsilon=self.epsilon, is_training=True, data_format="NHWC")
+            # The fused op returns the Bessel-corrected batch variance; Keras averages the plain one.
+            count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], unbiased_variance.dtype)
+            variance = unbiased_variance * (count - 1) / count
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+            return tf.cast(outputs, self.compute_dtype)
+
+    _FusedBatchNormalization = FusedBatchNormalization
+    return FusedBatchNormalization
+
+
+_FusedBatchNormalization = None
+
+
+def with_fused_batchnorm(model):
+    """A copy of ``model`` (weights included) whose BatchNormalization layers train with the fused kernel.
+
+    TensorFlow backend only; see ``FusedBatchNormalization``. ``save_model``
+    turns the copy back into built-in layers.
+    """
+    keras = _keras()
+    fused = _fused_batchnorm_class()
+
+    def clone(layer):
+        if type(layer) is keras.layers.BatchNormalization:
+            return fused.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _has_training_only_layers(model) -> bool:
+    return _FusedBatchNormalization is not None and any(
+        isinstance(layer, _FusedBatchNormalization) for layer in model.layers)
+
+
 def float32_copy(model, architecture: str, num_classes: int, input_size: int = IMAGE_SIZE):
     """A float32 ``architecture`` holding ``model``'s weights, outside any mixed-precision policy or strategy."""
     keras = _keras()
@@ -146,13 +211,13 @@ def float32_copy(model, architecture: str, num_classes: int, input_size: int = I
 def save_model(model, path: str | Path, meta: ModelMeta) -> dict[str, Path]:
     """Save ``path``.json/.h5/.keras/.meta.json (``path`` without suffix, e.g. ``"fer"``).
 
-    The model is rebuilt in float32 first, so the files never carry a mixed
-    precision policy into inference.
+    The model is rebuilt in float32 with built-in layers first, so the files
+    never carry a mixed precision policy or a training-only layer into inference.
     """
     base = Path(path)
     base = base.with_suffix("") if base.suffix in (".json", ".h5", ".keras") else base
     base.parent.mkdir(parents=True, exist_ok=True)
-    if model.dtype_policy.name != "float32":
+    if model.dtype_policy.name != "float32" or _has_training_only_layers(model):
         model = float32_copy(model, meta.architecture or model.name, len(meta.class_names), meta.input_size)
     files = {"json": base.with_suffix(".json"), "h5": base.with_suffix(".h5"),
              "keras": base.with_suffix(".keras"), "meta": base.with_name(base.name + ".meta.json")}

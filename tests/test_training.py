@@ -15,7 +15,7 @@ tf = pytest.importorskip("tensorflow")
 
 from ferkit import evaluation, training  # noqa: E402
 from ferkit.callbacks import ThresholdStop, WeightAverage  # noqa: E402
-from ferkit.model import ModelMeta, build_model, load_model, save_model, to_model_input  # noqa: E402
+from ferkit.model import ModelMeta, build_model, load_model, save_model, to_model_input, with_fused_batchnorm  # noqa: E402
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
@@ -187,16 +187,19 @@ def test_unknown_architecture():
         build_model("resnet9")
 
 
-def test_saved_model_loads_in_plain_keras(tmp_path):
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+# Trained models come in mixed precision, or in float32 with the training-only fused BatchNorm.
+@pytest.mark.parametrize("precision, fused", [("mixed_bfloat16", False), ("float32", True)])
+def test_saved_model_loads_in_plain_keras(tmp_path, precision, fused):
+    keras.mixed_precision.set_global_policy(precision)
     try:
         model = build_model("vgg_small")
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    model = with_fused_batchnorm(model) if fused else model
     model.set_weights([w + np.random.default_rng(1).normal(0, 0.01, w.shape) for w in model.get_weights()])
     files = save_model(model, tmp_path / "fer", ModelMeta(architecture="vgg_small"))
     assert json.loads(files["meta"].read_text())["class_names"][3] == "happy"
-    assert "bfloat16" not in files["json"].read_text()
+    assert "bfloat16" not in files["json"].read_text() and "Fused" not in files["json"].read_text()
     faces = np.random.default_rng(2).integers(0, 256, (4, 48, 48, 1)).astype("float32")
     np.save(tmp_path / "faces.npy", faces)
     ours, _ = load_model(tmp_path / "fer")
@@ -210,6 +213,36 @@ def test_saved_model_loads_in_plain_keras(tmp_path):
     """, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "plain.npy"), np.load(tmp_path / "ours.npy"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_fused_batchnorm_trains_exactly_like_the_built_in_layer(precision):
+    """Same outputs, gradients and moving statistics as keras.layers.BatchNormalization, only faster."""
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        built_in = keras.Sequential([keras.Input((6, 6, 5)), keras.layers.BatchNormalization(momentum=0.9)])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    fused = with_fused_batchnorm(built_in)
+    assert type(fused.layers[0]).__name__ == "FusedBatchNormalization"
+    rng = np.random.default_rng(0)
+    built_in.set_weights([rng.uniform(0.5, 2, 5), rng.normal(0, 1, 5), np.zeros(5), np.ones(5)])
+    fused.set_weights(built_in.get_weights())
+    x = tf.constant(rng.normal(3, 2, (8, 6, 6, 5)), tf.float32)
+    upstream = tf.constant(rng.normal(0, 1, (8, 6, 6, 5)), tf.float32)
+    results = []
+    for model in (built_in, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.cast(model(x, training=True), tf.float32)
+            loss = tf.reduce_sum(y * upstream)
+        gradients = tape.gradient(loss, [x] + model.trainable_weights)
+        results.append([y] + gradients + [model.layers[0].moving_mean, model.layers[0].moving_variance,
+                                          tf.cast(model(x, training=False), tf.float32)])
+    names = ["outputs", "d inputs", "d gamma", "d beta", "moving mean", "moving variance", "inference"]
+    for name, ours, theirs in zip(names, results[1], results[0]):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), err_msg=name,
+                                   rtol=2e-2 if precision != "float32" and name == "outputs" else 1e-4, atol=1e-4)
 
 
 def test_load_model_without_files_explains(tmp_path):
