@@ -5,8 +5,10 @@
 "ferkit": ferkit's input pipeline (``make_dataset``: a ``keras.utils.PyDataset``
 augmenting each batch on the host with one affine transform per image), mixed
 precision where the hardware has fast bf16 (``choose_precision``).
-"ferkit in float32": the same pipeline without mixed precision, to separate the
-two effects. "naive": the same architecture with augmentation as Keras
+Its models train BatchNorm with TensorFlow's fused kernel, as ``train`` does
+(``with_fused_batchnorm``). "ferkit in float32": the same without mixed
+precision; "built-in BatchNorm": the same as ferkit with Keras's own
+BatchNorm layer, to separate the three effects. "naive": the same architecture with augmentation as Keras
 ``Random*`` layers inside the model (flip, rotation, zoom, translation), float32.
 The arms take turns: each round times one epoch of ``--steps`` steps of every
 arm, one after the other, after one untimed warm-up epoch each (tracing). This
@@ -73,7 +75,7 @@ def main():
     import keras
     import tensorflow as tf
 
-    from ferkit.model import build_model
+    from ferkit.model import build_model, with_fused_batchnorm
     from ferkit.training import Augmentation, choose_precision, make_dataset
 
     rng = np.random.default_rng(0)
@@ -87,11 +89,12 @@ def main():
         ours_ds = make_dataset(images, labels, 7, args.batch_size, training=True, augmentation=Augmentation())
         arms = {}
         # The same pipeline in float32 too, so the table separates what precision and augmentation each give.
-        for precision in dict.fromkeys([policy, "float32"]):
+        for arm, precision, fused in ((policy, policy, True), ("float32", "float32", True),
+                                      ("built-in BatchNorm", policy, False)):
             keras.mixed_precision.set_global_policy(precision)
-            ours = build_model(name)
+            ours = with_fused_batchnorm(build_model(name)) if fused else build_model(name)
             ours.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="categorical_crossentropy")
-            arms[precision] = (ours, ours_ds)
+            arms.setdefault(arm, (ours, ours_ds))
 
         keras.mixed_precision.set_global_policy("float32")
         inner = build_model(name)
@@ -108,7 +111,8 @@ def main():
 
         rates = timed_rounds(arms, args.steps, args.repeats, args.batch_size)
         ratio = statistics.median(a / b for a, b in zip(rates[policy], rates["naive"]))
-        ours_rate, ours_float32_rate, naive_rate = (statistics.median(rates[k]) for k in (policy, "float32", "naive"))
+        ours_rate, ours_float32_rate, built_in_rate, naive_rate = (
+            statistics.median(rates[k]) for k in (policy, "float32", "built-in BatchNorm", "naive"))
         input_rate = timed_input(ours_ds, args.steps, args.repeats, args.batch_size)
 
         float_model = build_model(name)
@@ -127,16 +131,17 @@ def main():
                     np.asarray(forward(batch))
                 times.append((time.perf_counter() - start) / reps)
             infer[label] = len(batch) / statistics.median(times)
-        rows.append((name, float_model.count_params(), ours_rate, ours_float32_rate, naive_rate, ratio, input_rate,
+        rows.append((name, float_model.count_params(), ours_rate, ours_float32_rate, built_in_rate, naive_rate, ratio,
+                     input_rate,
                      infer["1"], infer["64"]))
 
     print(f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, TensorFlow {tf.__version__}, "
           f"ferkit precision {policy}, batch {args.batch_size}, median of {args.repeats} rounds x {args.steps} steps")
-    print("| model | params | train img/s ferkit | ferkit in float32 | naive | ferkit / naive | input alone "
-          "| infer faces/s batch 1 | batch 64 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, params, ours, ours_float32, naive, ratio, feed, b1, b64 in rows:
-        print(f"| {name} | {params / 1e6:.2f}M | {ours:.0f} | {ours_float32:.0f} | {naive:.0f} | {ratio:.2f}x "
+    print("| model | params | train img/s ferkit | ferkit in float32 | built-in BatchNorm | naive | ferkit / naive "
+          "| input alone | infer faces/s batch 1 | batch 64 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, params, ours, ours_float32, built_in, naive, ratio, feed, b1, b64 in rows:
+        print(f"| {name} | {params / 1e6:.2f}M | {ours:.0f} | {ours_float32:.0f} | {built_in:.0f} | {naive:.0f} | {ratio:.2f}x "
               f"| {feed:.0f} | {b1:.0f} | {b64:.0f} |")
 
 
