@@ -8,8 +8,9 @@ precision where the hardware has fast bf16 (``choose_precision``).
 Its models train BatchNorm with TensorFlow's fused kernel, as ``train`` does
 (``with_fused_batchnorm``). "ferkit in float32": the same without mixed
 precision; "built-in BatchNorm": the same as ferkit with Keras's own
-BatchNorm layer, to separate the three effects. "naive": the same architecture with augmentation as Keras
-``Random*`` layers inside the model (flip, rotation, zoom, translation), float32.
+BatchNorm layer; together they separate what each change gives. "naive": the
+same architecture with augmentation as Keras ``Random*`` layers inside the
+model (flip, rotation, zoom, translation), float32.
 The arms take turns: each round times one epoch of ``--steps`` steps of every
 arm, one after the other, after one untimed warm-up epoch each (tracing). This
 machine's speed swings by 2x within minutes (shared cores), so arms timed one
@@ -53,7 +54,7 @@ def timed_rounds(arms, steps, repeats, batch_size):
 
 
 def timed_input(dataset, steps, repeats, batch_size):
-    """Median images/second of reading ``dataset``'s batches alone, same protocol as ``timed_fit``."""
+    """Median images/second of reading ``dataset``'s batches alone: ``repeats`` epochs after a warm-up one."""
     rates = []
     for _ in range(repeats + 1):
         start = time.perf_counter()
@@ -88,7 +89,8 @@ def main():
     for name in args.architectures:
         ours_ds = make_dataset(images, labels, 7, args.batch_size, training=True, augmentation=Augmentation())
         arms = {}
-        # The same pipeline in float32 too, so the table separates what precision and augmentation each give.
+        # ferkit as train() runs it, then without bf16, then without the fused BatchNorm (setdefault: on a
+        # machine without fast bf16 the first two are the same arm).
         for arm, precision, fused in ((policy, policy, True), ("float32", "float32", True),
                                       ("built-in BatchNorm", policy, False)):
             keras.mixed_precision.set_global_policy(precision)
@@ -131,9 +133,8 @@ def main():
                     np.asarray(forward(batch))
                 times.append((time.perf_counter() - start) / reps)
             infer[label] = len(batch) / statistics.median(times)
-        rows.append((name, float_model.count_params(), ours_rate, ours_float32_rate, built_in_rate, naive_rate, ratio,
-                     input_rate,
-                     infer["1"], infer["64"]))
+        rows.append((name, float_model.count_params(), ours_rate, ours_float32_rate, built_in_rate, naive_rate,
+                     ratio, input_rate, infer["1"], infer["64"]))
 
     print(f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, TensorFlow {tf.__version__}, "
           f"ferkit precision {policy}, batch {args.batch_size}, median of {args.repeats} rounds x {args.steps} steps")
@@ -141,7 +142,8 @@ def main():
           "| input alone | infer faces/s batch 1 | batch 64 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, params, ours, ours_float32, built_in, naive, ratio, feed, b1, b64 in rows:
-        print(f"| {name} | {params / 1e6:.2f}M | {ours:.0f} | {ours_float32:.0f} | {built_in:.0f} | {naive:.0f} | {ratio:.2f}x "
+        print(f"| {name} | {params / 1e6:.2f}M | {ours:.0f} | {ours_float32:.0f} | {built_in:.0f} | {naive:.0f} "
+              f"| {ratio:.2f}x "
               f"| {feed:.0f} | {b1:.0f} | {b64:.0f} |")
 
 

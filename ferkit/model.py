@@ -143,9 +143,9 @@ def _fused_batchnorm_class():
         Keras 3 normalises with separate mean, variance and arithmetic ops in
         float32, about a third of a ``vgg_small`` training step on a CPU;
         TensorFlow's one fused op does the same work in a fraction of the time
-        (``benchmarks/bench_training.py``, "built-in BatchNorm"). For training under TensorFlow only: saved
-        models are rebuilt with the built-in layer (``save_model``), so the
-        files stay plain Keras. Inference and anything it does not cover
+        (``benchmarks/bench_training.py``, "built-in BatchNorm"). For training
+        under TensorFlow only: saved models are rebuilt with the built-in layer
+        (``save_model``), so the files stay plain Keras. Inference and anything it does not cover
         (masks, renorm, other than NHWC) take the built-in path.
         """
 

@@ -3,14 +3,15 @@
 Augmentation happens on the host, before the model: one combined affine
 transform per image (flip, rotation, zoom, shift in a single resampling), plus
 random erasing and brightness/contrast jitter. It keeps the saved model free
-of training-only layers, costs a few percent of a CPU training step (see
-``benchmarks/bench_training.py``), and overlaps with it. Plain NumPy batches
+of training-only layers and costs a few percent of a CPU training step (see
+``benchmarks/bench_training.py``), overlapped with it under TensorFlow. Plain NumPy batches
 (a ``keras.utils.PyDataset``) let the same code train under TensorFlow, JAX
 or PyTorch, so ``KERAS_BACKEND=jax`` uses a GPU where only JAX has one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -233,8 +234,6 @@ class _NoStrategy:
         self.num_replicas_in_sync = num_replicas_in_sync
 
     def scope(self):
-        import contextlib
-
         return contextlib.nullcontext()
 
 
