@@ -1,6 +1,6 @@
 """Training and inference throughput: ferkit's pipeline beside a naive Keras one, same run.
 
-    python benchmarks/bench_training.py [--architectures vgg_small seed_cnn] [--steps 20] [--repeats 7]
+    python benchmarks/bench_training.py [--architectures vgg_small seed_cnn] [--steps 20] [--repeats 7] [--profile]
 
 "ferkit": ferkit's input pipeline (``make_dataset``: a ``keras.utils.PyDataset``
 augmenting each batch on the host with one affine transform per image), mixed
@@ -19,6 +19,10 @@ each round's ratio compares arms run seconds apart. Images/second are medians
 over ``--repeats`` rounds, and "ferkit / naive" is the median of the rounds'
 ratios. "input alone" is ferkit's augmenting pipeline iterated without a
 model: the most images/second it could feed.
+``--profile`` then runs one more epoch of each ferkit arm under TensorFlow's
+profiler and prints where the step's time goes, per kind of op: the share of
+all op time (ops run two at a time on two cores, so shares are of the summed
+op time, not of wall time).
 Inference is the float32 model's forward pass compiled with tf.function, as
 ``Predictor`` runs it. Inputs are random 48x48 images: speed does not depend on
 content.
@@ -31,6 +35,7 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -65,12 +70,53 @@ def timed_input(dataset, steps, repeats, batch_size):
     return statistics.median(rates[1:])
 
 
+def op_kind(name: str) -> str:
+    """The row of the profile table a TensorFlow op belongs to, from its ``scope/.../name:OpType``."""
+    op_type = name.rsplit(":", 1)[-1]
+    if "_drop" in name:
+        return "dropout"
+    for marker, kind in (("Conv2DBackpropFilter", "convolution, backward (weights)"),
+                         ("Conv2DBackpropInput", "convolution, backward (inputs)"),
+                         ("Conv2D", "convolution, forward"), ("BatchNorm", "BatchNorm (fused)"),
+                         ("Relu", "ReLU"), ("MaxPool", "max-pooling")):
+        if marker in op_type:
+            return kind
+    return "other (optimizer, casts, loss, dense layers, input)"
+
+
+def profile_step(model, dataset, steps):
+    """{op kind: milliseconds per step, summed over threads} over one ``fit`` epoch of ``steps`` steps (TensorFlow)."""
+    import glob
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # TensorFlow's own trace format
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(Path(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0]).read_bytes())
+    totals = {}
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                # Op events are "scope/op_name:OpType"; the rest (executor, function calls) enclose them.
+                if "/" in name and ":" in name:
+                    kind = op_kind(name)
+                    totals[kind] = totals.get(kind, 0.0) + event.duration_ps / 1e9 / steps
+    return totals
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architectures", nargs="+", default=["vgg_small", "seed_cnn"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--profile", action="store_true", help="also print where a ferkit step's time goes, per op")
     args = parser.parse_args()
 
     import keras
@@ -85,7 +131,7 @@ def main():
     images = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8)
     labels = rng.integers(0, 7, n)
     policy = choose_precision("auto")
-    rows = []
+    rows, profiles = [], {}
     for name in args.architectures:
         ours_ds = make_dataset(images, labels, 7, args.batch_size, training=True, augmentation=Augmentation())
         arms = {}
@@ -133,6 +179,8 @@ def main():
                     np.asarray(forward(batch))
                 times.append((time.perf_counter() - start) / reps)
             infer[label] = len(batch) / statistics.median(times)
+        if args.profile:
+            profiles[name] = profile_step(*arms[policy], args.steps)
         rows.append((name, float_model.count_params(), ours_rate, ours_float32_rate, built_in_rate, naive_rate,
                      ratio, input_rate, infer["1"], infer["64"]))
 
@@ -145,6 +193,18 @@ def main():
         print(f"| {name} | {params / 1e6:.2f}M | {ours:.0f} | {ours_float32:.0f} | {built_in:.0f} | {naive:.0f} "
               f"| {ratio:.2f}x "
               f"| {feed:.0f} | {b1:.0f} | {b64:.0f} |")
+
+    if profiles:
+        kinds = sorted({kind for totals in profiles.values() for kind in totals},
+                       key=lambda kind: -sum(totals.get(kind, 0.0) for totals in profiles.values()))
+        print(f"\nWhere a ferkit step's time goes ({policy}): share of op time, summed over threads, "
+              f"{args.steps} steps")
+        print("| op | " + " | ".join(profiles) + " |")
+        print("|---|" + "---|" * len(profiles))
+        for kind in kinds:
+            print(f"| {kind} | " + " | ".join(
+                f"{100 * totals.get(kind, 0.0) / sum(totals.values()):.0f}%" for totals in profiles.values()) + " |")
+        print("| op time per step | " + " | ".join(f"{sum(t.values()):.0f} ms" for t in profiles.values()) + " |")
 
 
 if __name__ == "__main__":
