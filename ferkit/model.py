@@ -15,13 +15,25 @@ A saved model is three files side by side::
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ferkit import files, portable
 from ferkit.data import CLASS_NAMES, IMAGE_SIZE
+
+#: Environment variable naming the model to use when none is given (a stem or .json/.h5 path).
+MODEL_ENV = "FERKIT_MODEL"
+#: The shipped model, found here from any working directory.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = "fer"
+
+
+class ModelError(ValueError):
+    """A model's files are missing, damaged or unreadable here; the message names the file and what to do."""
 
 
 @dataclass
@@ -38,6 +50,34 @@ class ModelMeta:
     #: Label mapping from the original FER-2013 classes (select_classes).
     label_map: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    #: Library versions that wrote the files, e.g. {"keras": "3.15.1", "tensorflow": "2.21.0"}.
+    saved_with: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> "ModelMeta":
+        """Read and check a ``.meta.json``; raises :class:`ModelError` naming the file and the bad field."""
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelError(f"{path}: not readable JSON ({error}); restore it or retrain the model") from None
+        if not isinstance(values, dict):
+            raise ModelError(f"{path}: expected a JSON object of model settings, found {type(values).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ModelError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        meta = cls(**values)
+        names = meta.class_names
+        if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
+                and len(set(names)) == len(names)):
+            raise ModelError(f"{path}: class_names must be a list of distinct names, got {names!r}")
+        if not isinstance(meta.input_size, int) or isinstance(meta.input_size, bool) or not 8 <= meta.input_size <= 512:
+            raise ModelError(f"{path}: input_size must be a whole number of pixels (8-512), got {meta.input_size!r}")
+        if not isinstance(meta.face_margin, (int, float)) or isinstance(meta.face_margin, bool) \
+                or not -0.25 <= meta.face_margin <= 1.0:
+            raise ModelError(f"{path}: face_margin must be a fraction of the face box between -0.25 and 1.0 "
+                             f"(FER-2013's framing is about 0), got {meta.face_margin!r}")
+        return meta
 
 
 def _keras():
@@ -212,44 +252,116 @@ def save_model(model, path: str | Path, meta: ModelMeta) -> dict[str, Path]:
     """Save ``path``.json/.h5/.keras/.meta.json (``path`` without suffix, e.g. ``"fer"``).
 
     The model is rebuilt in float32 with built-in layers first, so the files
-    never carry a mixed precision policy or a training-only layer into inference.
-    """
-    base = Path(path)
-    base = base.with_suffix("") if base.suffix in (".json", ".h5", ".keras") else base
-    base.parent.mkdir(parents=True, exist_ok=True)
-    if model.dtype_policy.name != "float32" or _has_training_only_layers(model):
-        model = float32_copy(model, meta.architecture or model.name, len(meta.class_names), meta.input_size)
-    files = {"json": base.with_suffix(".json"), "h5": base.with_suffix(".h5"),
-             "keras": base.with_suffix(".keras"), "meta": base.with_name(base.name + ".meta.json")}
-    files["json"].write_text(model.to_json())
-    model.save(files["h5"])  # legacy HDF5: load_weights("fer.h5") reads it
-    model.save(files["keras"])
-    files["meta"].write_text(json.dumps(asdict(meta), indent=2) + "\n")
-    return files
-
-
-def load_model(path: str | Path = "fer"):
-    """Load a saved model and its :class:`ModelMeta` (``path``: the .json, .h5, .keras or their stem).
-
-    Uses ``model_from_json`` + ``load_weights`` in Keras' safe mode, exactly as
-    a plain Keras user would.
+    never carry a mixed precision policy or a training-only layer into
+    inference. Configs are written without default-valued arguments
+    (:func:`ferkit.portable.portable_config`), so the files load on older
+    Keras too. Each file is written to a temporary name and renamed into place.
     """
     keras = _keras()
+    base = _stem(path)
+    if model.dtype_policy.name != "float32" or _has_training_only_layers(model):
+        model = float32_copy(model, meta.architecture or model.name, len(meta.class_names), meta.input_size)
+    paths = _model_files(base)
+    config_json = portable.portable_json(model)
+    meta = replace(meta, saved_with=_library_versions())
+    with files.atomic_path(paths["h5"]) as h5, files.atomic_path(paths["keras"]) as archive:
+        model.save(h5)  # legacy HDF5: load_weights("fer.h5") reads it
+        portable.make_h5_portable(h5, config_json)
+        model.save(archive)
+        portable.make_keras_portable(archive, config_json)
+        files.write_text(paths["json"], config_json)
+    files.write_text(paths["meta"], json.dumps(asdict(meta), indent=2) + "\n")
+    return paths
+
+
+def _library_versions() -> dict:
+    import keras
+
+    versions = {"keras": keras.__version__, "backend": keras.config.backend()}
+    if versions["backend"] == "tensorflow":
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+    return versions
+
+
+def _stem(path: str | Path) -> Path:
     base = Path(path)
-    base = base.with_suffix("") if base.suffix in (".json", ".h5", ".keras") else base
-    json_path, weights_path = base.with_suffix(".json"), base.with_suffix(".h5")
-    for required in (json_path, weights_path):
+    return base.with_suffix("") if base.suffix in (".json", ".h5", ".keras") else base
+
+
+def _model_files(base: Path) -> dict[str, Path]:
+    return {"json": base.with_suffix(".json"), "h5": base.with_suffix(".h5"),
+            "keras": base.with_suffix(".keras"), "meta": base.with_name(base.name + ".meta.json")}
+
+
+def resolve_model(model: str | Path | None = None) -> Path:
+    """Where a model's files are: ``model`` if given, else ``$FERKIT_MODEL``, else the shipped ``fer``.
+
+    A bare name (``"fer"``, ``"fer_lite"``) that is not in the working
+    directory is looked up beside the ferkit package, where the shipped
+    models live, so the defaults work from any folder. Returns the stem.
+    """
+    if model is None:
+        model = os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    base = _stem(Path(model).expanduser())
+    if not base.with_suffix(".json").exists() and len(base.parts) == 1:
+        shipped = PROJECT_ROOT / base
+        if shipped.with_suffix(".json").exists():
+            return shipped
+    return base
+
+
+def load_model(path: str | Path | None = None):
+    """Load a saved model and its :class:`ModelMeta` (``path``: the .json, .h5, .keras or their stem).
+
+    ``path`` is resolved with :func:`resolve_model` (None: ``$FERKIT_MODEL``
+    or the shipped model). Reads ``model_from_json``'s config with Keras's
+    safe mode on, then ``load_weights``, exactly as a plain Keras user would.
+    Raises :class:`ModelError` naming the file for anything missing,
+    damaged or written for another Keras.
+    """
+    keras = _keras()
+    portable.check_versions()
+    base = resolve_model(path)
+    paths = _model_files(base)
+    for required in (paths["json"], paths["h5"]):
         if not required.exists():
-            raise FileNotFoundError(f"{required}: missing; a ferkit model is {base}.json + {base}.h5 "
-                                    f"(+ {base}.meta.json). Train one with `python -m ferkit train`.")
-    model = keras.models.model_from_json(json_path.read_text())
-    model.load_weights(weights_path)
-    meta_path = base.with_name(base.name + ".meta.json")
-    meta = ModelMeta(**json.loads(meta_path.read_text())) if meta_path.exists() else ModelMeta(
-        class_names=list(CLASS_NAMES)[: model.output_shape[-1]])
+            raise ModelError(f"{required}: missing; a ferkit model is {base}.json + {base}.h5 "
+                             f"(+ {base}.meta.json). Train one with `python -m ferkit train`, or name one with "
+                             f"--model / ${MODEL_ENV}.")
+        files.require_regular_file(required, "model file")
+    meta = ModelMeta.read(paths["meta"]) if paths["meta"].exists() else None
+    written_by = f" (written by Keras {meta.saved_with['keras']})" if meta and meta.saved_with.get("keras") else ""
+    try:
+        config = json.loads(paths["json"].read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{paths['json']}: not readable JSON ({error}); restore it or retrain the model") from None
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ModelError(f"{paths['json']}: not a Keras model config (expected what model.to_json() writes)")
+    try:
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as error:
+        raise ModelError(f"{paths['json']}: Keras {keras.__version__} cannot build this model{written_by}: "
+                         f"{type(error).__name__}: {error}. ferkit's models load on Keras "
+                         f"{'.'.join(map(str, portable.MIN_KERAS))} or newer; re-save it with ferkit "
+                         "(`python -m ferkit ensemble` or `train` writes portable files) or upgrade Keras") from None
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"{paths['json']}: holds a {type(model).__name__}, not a Keras model")
+    try:
+        model.load_weights(paths["h5"])
+    except Exception as error:
+        raise ModelError(f"{paths['h5']}: cannot load these weights into {paths['json']}'s model "
+                         f"({type(error).__name__}: {str(error)[:200]}); the file is damaged or belongs to another "
+                         "model: restore it (e.g. `git checkout fer.h5`) or retrain") from None
+    if meta is None:
+        meta = ModelMeta(class_names=list(CLASS_NAMES)[: model.output_shape[-1]])
     if len(meta.class_names) != model.output_shape[-1]:
-        raise ValueError(f"{meta_path}: {len(meta.class_names)} class names for a model with "
+        raise ModelError(f"{paths['meta']}: {len(meta.class_names)} class names for a model with "
                          f"{model.output_shape[-1]} outputs")
+    if tuple(model.input_shape[1:]) != (meta.input_size, meta.input_size, 1):
+        raise ModelError(f"{paths['meta']}: input_size {meta.input_size} does not match the model's input "
+                         f"{tuple(model.input_shape[1:])}; fix input_size or restore the file")
     return model, meta
 
 
