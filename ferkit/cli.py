@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ferkit import data
+from ferkit import data, files
 
 _DATA_HELP = (f"FER-2013 as the Kaggle msambare/fer2013 zip, its extracted folder, fer2013.csv "
               f"or a ferkit .npz; defaults to ${data.DATA_ENV}")
@@ -31,12 +31,27 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _note(message: str) -> None:
+    """Messages and progress go to stderr, so stdout holds only results (for pipes and --json)."""
+    print(message, file=sys.stderr)
+
+
+def _add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model stem or .json/.h5 path (default: $FERKIT_MODEL, else the shipped "
+                                        "fer model, found from any folder)")
+
+
 def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="fer", help="model stem or .json/.h5 path (default: fer, the shipped model)")
+    from ferkit.images import MAX_IMAGE_PIXELS
+
+    _add_model_option(parser)
     parser.add_argument("--detector", default="yunet", choices=["yunet", "mtcnn", "haar"],
                         help="face detector (default: yunet; mtcnn is slower but finds rotated faces)")
-    parser.add_argument("--tta", action="store_true", help="average each face with its mirror image")
-    parser.add_argument("--out", default="results", help="folder for annotated output (default: results)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average each face over its mirror image and small shifts")
+    parser.add_argument("--out", default="annotated", help="folder for annotated copies (default: annotated)")
+    parser.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS, metavar="N",
+                        help=f"refuse images of more than N pixels before decoding them (default: {MAX_IMAGE_PIXELS})")
 
 
 def _add_subset_options(parser: argparse.ArgumentParser) -> None:
@@ -51,21 +66,24 @@ def _load(args) -> data.FerDataset:
 
 
 def _report_skipped(dataset: data.FerDataset, listing: Path | None = None, shown: int = 20) -> None:
+    """List the records ``--skip-bad`` left out on stderr (and all of them in ``listing``, if given)."""
+    if listing is not None and not dataset.skipped:
+        listing.unlink(missing_ok=True)  # a list from an earlier run would describe other data
     if not dataset.skipped:
         return
-    print(f"skipped {len(dataset.skipped)} bad record(s):")
+    _note(f"skipped {len(dataset.skipped)} bad record(s):")
     for record in dataset.skipped[:shown]:
-        print(f"  {record}")
+        _note(f"  {record}")
     if listing is not None:
-        listing.write_text("".join(f"{record}\n" for record in dataset.skipped))
-        print(f"  (full list in {listing})")
+        files.write_text(listing, "".join(f"{record}\n" for record in dataset.skipped))
+        _note(f"  (full list in {listing})")
     elif len(dataset.skipped) > shown:
-        print(f"  ... and {len(dataset.skipped) - shown} more")
+        _note(f"  ... and {len(dataset.skipped) - shown} more")
 
 
 def cmd_convert(args) -> None:
     started = time.perf_counter()
-    output = Path(args.output)
+    output = files.check_output_path(args.output, args.input)  # before anything is read or written
     if output.suffix.lower() not in (".csv", ".npz"):
         raise SystemExit(f"error: {output}: the output must end in .csv (challenge schema) or .npz (fast cache)")
     dataset = _load(args)
@@ -73,7 +91,7 @@ def cmd_convert(args) -> None:
         data.write_npz(dataset, output)
     else:
         data.write_csv(dataset, output, progress=not args.no_progress)
-    print(f"wrote {len(dataset)} rows to {output} in {time.perf_counter() - started:.1f} s")
+    _note(f"wrote {len(dataset)} rows to {output} in {time.perf_counter() - started:.1f} s")
     print(data.summary_table(dataset, stats=False))
     _report_skipped(dataset, output.with_name(output.name + ".skipped.txt"))
 
@@ -97,64 +115,81 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 def _predictor(args):
     from ferkit.prediction import Predictor
 
-    return Predictor(args.model, detector=args.detector, tta=args.tta)
+    return Predictor(args.model, detector=args.detector, tta=args.tta, max_pixels=args.max_pixels or None)
 
 
-def _save_annotated(result, out: Path, stem: str) -> Path:
-    import cv2
-
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{stem}_annotated.jpg"
-    cv2.imwrite(str(path), result.annotate())
-    return path
-
-
-def cmd_predict(args) -> None:
+def _print_results(args, results, passed, class_names, single: bool = False) -> None:
+    """Results on stdout in the chosen form: text lines, one JSON document, or CSV rows."""
     import json
 
-    from ferkit.prediction import predict_folder, write_video_table
+    from ferkit.prediction import face_rows
+
+    if args.json:
+        print(json.dumps({"images": [r.as_dict() for r in results],
+                          "skipped": [{"file": str(path), "error": why} for path, why in passed]}, indent=2))
+    elif args.csv:
+        sys.stdout.write(face_rows(results, class_names).to_csv(index=False, float_format="%.4f"))
+    else:
+        for result in results:
+            print(result.message)
+            if single and result.faces:
+                print(result.table())
+
+
+def cmd_predict(args) -> int:
+    import json
+
+    from ferkit.prediction import annotated_path, predict_folder, write_video_table
+    from ferkit.images import save_image
 
     target, out = Path(args.input), Path(args.out)
+    if not target.exists() and not target.is_symlink():
+        raise FileNotFoundError(f"{target}: no such file or folder")
     predictor = _predictor(args)
     if target.is_dir():
-        report = {}
-        for path, result in predict_folder(predictor, target, out):
+        results, passed = [], []
+        for path, result in predict_folder(predictor, target, out, recursive=args.recursive):
             if isinstance(result, str):
-                print(f"skipped: {result}", file=sys.stderr)
-                report[str(path)] = {"error": result}
+                _note(f"skipped: {result}" if str(path) in result else f"skipped: {path}: {result}")
+                passed.append((path, result))
             else:
-                print(result.message)
-                report[str(path)] = [f.as_dict() for f in result.faces]
-        if args.json:
-            print(json.dumps(report, indent=2))
-        print(f"annotated images in {out}/")
-    elif target.suffix.lower() in VIDEO_SUFFIXES:
-        out.mkdir(parents=True, exist_ok=True)
+                results.append(result)
+        _print_results(args, results, passed, predictor.class_names)
+        _note(f"{len(results)} image(s) annotated in {out}/" + (f"; {len(passed)} file(s) skipped" if passed else ""))
+        return 1 if passed else 0
+    if target.suffix.lower() in VIDEO_SUFFIXES:
         video_out = out / f"{target.stem}_annotated.mp4"
-        table = predictor.predict_video(target, video_out, stride=args.stride, progress=not args.no_progress)
+        table = predictor.predict_video(target, video_out, stride=args.stride, progress=not args.no_progress,
+                                        max_frames=args.max_frames or None)
         csv_path = write_video_table(table, out / f"{target.stem}_faces.csv")
         ids = table["face_id"].nunique() if len(table) else 0
-        print(f"{table.attrs['frames']} frames, {len(table)} face rows, {ids} tracked face(s)")
-        print(f"wrote {video_out} and {csv_path}")
-    else:
-        result = predictor.predict(target)
+        summary = {"video": str(target), "frames": int(table.attrs["frames"]), "face_rows": len(table),
+                   "tracked_faces": int(ids), "annotated": str(video_out), "csv": str(csv_path)}
         if args.json:
-            print(json.dumps([f.as_dict() for f in result.faces], indent=2))
+            print(json.dumps(summary, indent=2))
+        elif args.csv:
+            sys.stdout.write(csv_path.read_text())
         else:
-            print(result.message)
-            if result.faces:
-                print(result.table())
-        print(f"wrote {_save_annotated(result, out, target.stem)}")
+            print(f"{summary['frames']} frames, {len(table)} face rows, {ids} tracked face(s)")
+        _note(f"wrote {video_out} and {csv_path}")
+        return 0
+    result = predictor.predict(target)
+    result.annotated = save_image(annotated_path(target, target.parent, out), result.annotate())
+    _print_results(args, [result], [], predictor.class_names, single=True)
+    _note(f"wrote {result.annotated}")
+    return 0
 
 
 def cmd_demo(args) -> None:
     from ferkit.images import sample_image
 
+    from ferkit.images import save_image
+
     predictor = _predictor(args)
     result = predictor.predict(sample_image(), channel_order="bgr", name="sample (skimage.data.astronaut)")
     print(result.message)
     print(result.table())
-    print(f"wrote {_save_annotated(result, Path(args.out), 'astronaut')}")
+    _note(f"wrote {save_image(Path(args.out) / 'astronaut_annotated.jpg', result.annotate())}")
 
 
 def _select(dataset: data.FerDataset, args) -> data.FerDataset:
@@ -230,9 +265,9 @@ def cmd_ensemble(args) -> None:
         public = public.split("PublicTest")
         members = model_module.networks_of(averaged, meta, args.out)
         for member, record in members:
-            accuracy = (training.predict_probabilities(member, public.images).argmax(1) == public.labels).mean()
+            accuracy = (model_module.predict_probabilities(member, public.images).argmax(1) == public.labels).mean()
             print(f"{record['model']} ({record['architecture']}): PublicTest accuracy {accuracy:.4f}")
-        accuracy = (training.predict_probabilities(averaged, public.images).argmax(1) == public.labels).mean()
+        accuracy = (model_module.predict_probabilities(averaged, public.images).argmax(1) == public.labels).mean()
         print(f"average of {len(members)}: PublicTest accuracy {accuracy:.4f}")
     files = model_module.save_model(averaged, args.out, meta)
     print("saved " + ", ".join(str(p) for p in files.values()))
@@ -251,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "  python -m ferkit convert ~/Downloads/fer2013.zip data/fer2013.csv\n"
                 f"  {data.DATA_ENV}=data/fer2013.csv python -m ferkit info --classes fer5"),
     )
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up logs")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     convert = commands.add_parser(
@@ -354,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "augmentation: flips and small shifts), print per-class precision/recall/F1 and write "
                     "RESULTS/metrics.json, confusion_matrix.png and training_curves.png.")
     evaluate.add_argument("input", nargs="?", help=_DATA_HELP)
-    evaluate.add_argument("--model", default="fer", help="model stem or .json/.h5 path (default: fer)")
+    _add_model_option(evaluate)
     evaluate.add_argument("--results", default="results", help="output folder (default: results)")
     evaluate.add_argument("--checkpoint-dir", action="append", metavar="DIR",
                           help=f"where training wrote history.csv, for the training curves (default: "
@@ -394,8 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m ferkit predict clip.mp4 --stride 2")
     predict.add_argument("input", help="an image file, a folder of images, or a video file")
     _add_prediction_options(predict)
-    predict.add_argument("--json", action="store_true", help="print the results as JSON")
+    output_format = predict.add_mutually_exclusive_group()
+    output_format.add_argument("--json", action="store_true",
+                               help="print the results as one JSON document on stdout (messages go to stderr)")
+    output_format.add_argument("--csv", action="store_true",
+                               help="print one CSV row per face on stdout: file, face, box, label, score, p_<class>")
+    predict.add_argument("--recursive", action="store_true", help="folders: also the images in subfolders")
     predict.add_argument("--stride", type=int, default=1, help="videos: analyse every N-th frame (default: 1)")
+    from ferkit.prediction import MAX_VIDEO_FRAMES
+
+    predict.add_argument("--max-frames", type=int, default=MAX_VIDEO_FRAMES, metavar="N",
+                         help=f"videos: refuse more than N frames (default: {MAX_VIDEO_FRAMES}, an hour at 30 fps)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.set_defaults(func=cmd_predict)
 
@@ -408,15 +453,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_tensorflow() -> None:
+    """Start TensorFlow without its start-up chatter (oneDNN notes, a CUDA probe error on every CPU machine).
+
+    TensorFlow 2.19+ logs these through absl before any log level applies
+    (``TF_CPP_MIN_LOG_LEVEL`` no longer silences them), so the import and
+    its device set-up run with the process's stderr pointed at /dev/null.
+    Python errors are unaffected: they are raised after stderr is restored.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()  # device discovery logs the CUDA probe
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_TENSORFLOW_COMMANDS = ("train", "evaluate", "ensemble", "predict", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
-    # TensorFlow's start-up chatter (oneDNN, CUDA probing) drowns the output; errors still show.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Run one command; returns the exit status: 0 done, 1 done but some inputs were skipped, 2 failed."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv  # recorded with a trained model
+    if not args.verbose and args.command in _TENSORFLOW_COMMANDS:
+        quiet_tensorflow()
+    args.argv = [a for a in argv if a != "--verbose"]  # recorded with a trained model
     try:
-        args.func(args)
-    except (data.DatasetError, ValueError, FileNotFoundError, RuntimeError) as error:
+        status = args.func(args)
+    except (data.DatasetError, ValueError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0

@@ -13,8 +13,7 @@ import numpy as np
 
 from ferkit import plots
 from ferkit.data import FerDataset, select_classes
-from ferkit.model import ModelMeta
-from ferkit.training import predict_probabilities
+from ferkit.model import ModelMeta, predict_probabilities
 
 
 def align_to_model(data: FerDataset, meta: ModelMeta) -> FerDataset:

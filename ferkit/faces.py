@@ -14,6 +14,7 @@ Detectors, chosen by name:
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,8 +25,9 @@ ASSETS = Path(__file__).parent / "assets"
 YUNET_MODEL = ASSETS / "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 DETECTORS = ("yunet", "mtcnn", "haar")
-#: Images larger than this (longest side, pixels) are searched on a downscaled copy.
-DETECT_MAX_SIDE = 1280
+#: Images with more pixels than this are searched on a downscaled copy (about 1280x960). A pixel budget
+#: rather than a longest side, so a long strip of faces is not shrunk below the detector's smallest face.
+DETECT_MAX_PIXELS = 1280 * 960
 
 
 class DetectorUnavailable(RuntimeError):
@@ -52,23 +54,27 @@ class Face:
 
 
 def detect_faces(image_bgr: np.ndarray, detector: str = "yunet", min_score: float = 0.6,
-                 max_side: int = DETECT_MAX_SIDE) -> list[Face]:
+                 max_pixels: int = DETECT_MAX_PIXELS) -> list[Face]:
     """All faces in a BGR uint8 image, ordered left to right (then top to bottom).
 
-    Large images are searched on a copy whose longest side is ``max_side`` and
-    the boxes scaled back, which keeps detection time flat for 12-megapixel photos.
+    Images of more than ``max_pixels`` are searched on a copy scaled down to
+    that many pixels and the boxes scaled back, which keeps detection time
+    flat for 12-megapixel photos. Safe to call from several threads at once.
     """
     height, width = image_bgr.shape[:2]
-    scale = min(1.0, max_side / max(height, width))
-    small = image_bgr
-    if scale < 1.0:
+    scale = min(1.0, (max_pixels / (height * width)) ** 0.5)
+    if scale >= 1.0:
+        faces = [f for f in get_detector(detector)(image_bgr) if f.score >= min_score]
+    else:
         import cv2
 
-        small = cv2.resize(image_bgr, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-    faces = [f for f in get_detector(detector)(small) if f.score >= min_score]
-    if scale < 1.0:
-        faces = [Face(tuple(int(round(v / scale)) for v in f.box), f.score,
-                      None if f.landmarks is None else f.landmarks / scale) for f in faces]
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))  # a 70000x8 strip keeps 1 row
+        small = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
+        back = np.array([width / size[0], height / size[1]], np.float32)
+        faces = [Face((int(round(f.box[0] * back[0])), int(round(f.box[1] * back[1])),
+                       int(round(f.box[2] * back[0])), int(round(f.box[3] * back[1]))), f.score,
+                      None if f.landmarks is None else f.landmarks * back)
+                 for f in get_detector(detector)(small) if f.score >= min_score]
     faces = [_clip(f, width, height) for f in faces]
     return sorted((f for f in faces if f.box[2] > 1 and f.box[3] > 1), key=lambda f: (f.box[0], f.box[1]))
 
@@ -80,15 +86,26 @@ def _clip(face: Face, width: int, height: int) -> Face:
     return Face((x0, y0, max(0, x1 - x0), max(0, y1 - y0)), face.score, face.landmarks)
 
 
+_per_thread = threading.local()
+
+
 def get_detector(name: str):
-    """A callable ``BGR image -> list[Face]`` for a detector name (cached)."""
+    """A callable ``BGR image -> list[Face]`` for a detector name.
+
+    OpenCV's detectors keep per-call state inside the network, so two
+    threads sharing one give wrong boxes or errors: each thread gets its own
+    (cached for that thread). MTCNN is one shared model behind a lock.
+    """
     if name not in DETECTORS:
         raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
-    return _DETECTOR_FACTORIES[name]()
+    cache = _per_thread.__dict__.setdefault("detectors", {})
+    if name not in cache:
+        cache[name] = _DETECTOR_FACTORIES[name]()
+    return cache[name]
 
 
 @lru_cache(maxsize=None)
-def _yunet():
+def _checked_yunet_model() -> str:
     import cv2
 
     if not hasattr(cv2, "FaceDetectorYN"):
@@ -100,7 +117,13 @@ def _yunet():
     if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
         # OpenCV 5 warns on every detector creation that its new graph engine ignores targets.
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    net = cv2.FaceDetectorYN.create(str(YUNET_MODEL), "", (320, 320), 0.5, 0.3, 5000)
+    return str(YUNET_MODEL)
+
+
+def _yunet():
+    import cv2
+
+    net = cv2.FaceDetectorYN.create(_checked_yunet_model(), "", (320, 320), 0.5, 0.3, 5000)
 
     def detect(image_bgr: np.ndarray) -> list[Face]:
         net.setInputSize((image_bgr.shape[1], image_bgr.shape[0]))
@@ -122,16 +145,17 @@ def _mtcnn():
                                   "(it carries its weights; needs TensorFlow)") from error
     model = MTCNN()
     order = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+    lock = threading.Lock()
 
     def detect(image_bgr: np.ndarray) -> list[Face]:
-        found = model.detect_faces(np.ascontiguousarray(image_bgr[:, :, ::-1]))
+        with lock:
+            found = model.detect_faces(np.ascontiguousarray(image_bgr[:, :, ::-1]))
         return [Face(tuple(int(v) for v in f["box"]), float(f["confidence"]),
                      np.array([f["keypoints"][k] for k in order], np.float32)) for f in found]
 
     return detect
 
 
-@lru_cache(maxsize=None)
 def _haar():
     import cv2
 

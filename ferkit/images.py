@@ -14,13 +14,16 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: Largest image decoded by default: a 30000x30000 PNG is 100 KB on disk but 2.7 GB in memory.
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 class ImageError(ValueError):
     """The input is not an image ferkit can read."""
 
 
-def load_image(source, channel_order: str = "rgb", name: str | None = None) -> np.ndarray:
+def load_image(source, channel_order: str = "rgb", name: str | None = None,
+               max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Any supported image input -> BGR uint8 array of shape (H, W, 3).
 
     Parameters
@@ -31,18 +34,25 @@ def load_image(source, channel_order: str = "rgb", name: str | None = None) -> n
         matplotlib or scikit-image (the default), "bgr" for arrays from OpenCV.
     name : str, optional
         What to call the input in error messages.
+    max_pixels : int or None
+        Encoded images larger than this (width x height) are refused before
+        they are decoded, so a tiny file cannot take gigabytes of memory.
+        None: no limit.
     """
     if channel_order not in ("rgb", "bgr"):
         raise ValueError(f"channel_order must be 'rgb' or 'bgr', not {channel_order!r}")
     if isinstance(source, (str, os.PathLike)):
+        from ferkit.files import require_regular_file
+
         path = Path(source)
-        if not path.exists():
-            raise ImageError(f"{path}: no such file")
-        if path.is_dir():
-            raise ImageError(f"{path}: is a folder, not an image")
-        return decode_image_bytes(path.read_bytes(), name or str(path))
+        try:
+            require_regular_file(path, "image file")
+            data = path.read_bytes()
+        except OSError as error:
+            raise ImageError(str(error) if str(path) in str(error) else f"{path}: cannot read ({error})") from None
+        return decode_image_bytes(data, name or str(path), max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode_image_bytes(bytes(source), name or "image bytes")
+        return decode_image_bytes(bytes(source), name or "image bytes", max_pixels)
     if isinstance(source, np.ndarray):
         return _from_array(source, channel_order, name or "array")
     if type(source).__module__.startswith("PIL."):
@@ -51,12 +61,23 @@ def load_image(source, channel_order: str = "rgb", name: str | None = None) -> n
                      "pass a path, bytes, a numpy array or a PIL image")
 
 
-def decode_image_bytes(data: bytes, name: str) -> np.ndarray:
-    """Encoded image bytes -> upright BGR uint8 (EXIF orientation applied)."""
+def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> upright BGR uint8 (EXIF orientation applied).
+
+    The size is read from the file's header first and images over
+    ``max_pixels`` are refused undecoded; a JPEG without its end marker is
+    refused as truncated.
+    """
     import cv2
 
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
+    if max_pixels is not None:
+        _check_pixel_count(data, name, max_pixels)
+    # The last scan must be followed by an end-of-image marker (trailers after it, as phones write, are fine).
+    if data[:3] == b"\xff\xd8\xff" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise ImageError(f"{name}: truncated JPEG (no end-of-image marker): the file was cut short; "
+                         "copy or download it again")
     # IMREAD_COLOR applies the EXIF orientation tag; 16-bit and gray files come back as 8-bit BGR.
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
@@ -69,7 +90,36 @@ def decode_image_bytes(data: bytes, name: str) -> np.ndarray:
             kind = "corrupt or truncated" if data[:4] in (b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe1", b"\x89PNG") else \
                 "not an image, or an unsupported format"
             raise ImageError(f"{name}: cannot decode ({kind}); expected JPEG, PNG, BMP or WebP") from None
+    if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:
+        raise ImageError(_too_large(name, image.shape[1], image.shape[0], max_pixels))
     return image
+
+
+def _too_large(name: str, width: int, height: int, max_pixels: int) -> str:
+    return (f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit of "
+            f"{max_pixels / 1e6:g}; not decoded. Raise it with max_pixels= (Predictor, load_image) or "
+            "--max-pixels on the command line if you trust the file")
+
+
+def _check_pixel_count(data: bytes, name: str, max_pixels: int) -> None:
+    """Refuse an image whose header declares more than ``max_pixels``, without decoding it."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as header:  # reads the header only
+                width, height = header.size
+    except Image.DecompressionBombError as error:  # far over Pillow's own limit; its message gives the size
+        raise ImageError(f"{name}: {error}; over the limit of {max_pixels / 1e6:g} megapixels, not decoded. "
+                         "Raise it with max_pixels= (Predictor, load_image) or --max-pixels on the command "
+                         "line if you trust the file") from None
+    except Exception:
+        return  # not a format Pillow knows: OpenCV decides, and the size is checked after decoding
+    if width * height > max_pixels:
+        raise ImageError(_too_large(name, width, height, max_pixels))
 
 
 def _from_pil(image) -> np.ndarray:
@@ -113,6 +163,27 @@ def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     raise ImageError(f"{name}: unsupported pixel type {array.dtype}")
+
+
+def save_image(path: str | os.PathLike, image_bgr: np.ndarray) -> Path:
+    """Encode ``image_bgr`` in the format its suffix names and write it atomically; returns ``path``.
+
+    Raises :class:`ferkit.files.OutputError` when the format cannot be
+    encoded or the file cannot be written, so nothing is reported as written
+    that was not.
+    """
+    import cv2
+
+    from ferkit.files import OutputError, check_output_path, write_bytes
+
+    path = check_output_path(path)
+    try:
+        ok, encoded = cv2.imencode(path.suffix or ".jpg", image_bgr)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise OutputError(f"{path}: OpenCV cannot write {path.suffix or 'this'} images; use .jpg or .png")
+    return write_bytes(path, encoded.tobytes())
 
 
 def to_gray(image_bgr: np.ndarray) -> np.ndarray:

@@ -10,14 +10,18 @@
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ferkit import faces as face_module
-from ferkit.images import ImageError, load_image, to_gray
-from ferkit.model import load_model, to_model_input
+from ferkit.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageError, load_image, to_gray
+from ferkit.model import load_model, predict_probabilities
+
+#: Longest video ``predict_video`` reads by default: one hour at 30 frames per second.
+MAX_VIDEO_FRAMES = 30 * 3600
 
 #: One colour per emotion (BGR), chosen to stay distinguishable; unknown names get grey.
 EMOTION_COLORS = {
@@ -50,6 +54,12 @@ class ImagePrediction:
     image: np.ndarray = field(repr=False)  # BGR uint8
     faces: list[FacePrediction]
     source: str = ""
+    annotated: Path | None = None  # the annotated copy, once one is written
+
+    def as_dict(self) -> dict:
+        """JSON-ready: the source, every face, and the annotated file if one was written."""
+        return {"file": self.source, "faces": [f.as_dict() for f in self.faces],
+                "annotated": str(self.annotated) if self.annotated else None}
 
     @property
     def message(self) -> str:
@@ -75,23 +85,32 @@ class ImagePrediction:
 class Predictor:
     """A trained model plus a face detector: images in, labelled faces out.
 
+    One predictor may be shared by several threads (a web server's): each
+    thread gets its own face detector, and results equal sequential calls.
+
     Parameters
     ----------
-    model : str or Path
-        Stem or .json/.h5 path of a model saved by ``python -m ferkit train``
-        (``fer`` = the shipped fer.json + fer.h5).
+    model : str or Path, optional
+        Stem or .json/.h5 path of a model saved by ``python -m ferkit train``;
+        default ``$FERKIT_MODEL``, else the shipped fer.json + fer.h5
+        (found from any working directory).
     detector : {"yunet", "mtcnn", "haar"}
     tta : bool
-        Average each face's prediction with its mirror image.
+        Test-time augmentation: average each face over its mirror image and
+        small shifts (:func:`ferkit.model.tta_views`, as ``evaluate`` does).
     min_face_score : float
         Detections below this confidence are ignored.
+    max_pixels : int or None
+        Images larger than this (width x height) are refused before decoding
+        (default 50 megapixels); None: no limit.
     """
 
-    def __init__(self, model: str | Path = "fer", detector: str = "yunet", tta: bool = False,
-                 min_face_score: float = 0.6):
+    def __init__(self, model: str | Path | None = None, detector: str = "yunet", tta: bool = False,
+                 min_face_score: float = 0.6, max_pixels: int | None = MAX_IMAGE_PIXELS):
         self.model, self.meta = load_model(model)
         self.class_names = list(self.meta.class_names)
         self.detector, self.tta, self.min_face_score = detector, tta, min_face_score
+        self.max_pixels = max_pixels
         face_module.get_detector(detector)  # fail now, with the reason, if it cannot run here
         self._forward = self._compile_forward()
 
@@ -109,16 +128,8 @@ class Predictor:
                            reduce_retracing=True)
 
     def classify_crops(self, crops: np.ndarray) -> np.ndarray:
-        """(N, S, S) uint8 face crops -> (N, classes) probabilities, all in one batch."""
-        if len(crops) == 0:
-            return np.zeros((0, len(self.class_names)), np.float32)
-        x = to_model_input(crops)
-        if self.tta:
-            x = np.concatenate([x, x[:, :, ::-1]])
-        probabilities = np.asarray(self._forward(x), np.float32)
-        if self.tta:
-            probabilities = (probabilities[: len(crops)] + probabilities[len(crops):]) / 2
-        return probabilities
+        """(N, S, S) uint8 face crops -> (N, classes) float32 probabilities (:func:`ferkit.model.predict_probabilities`)."""
+        return predict_probabilities(self.model, crops, tta=self.tta, forward=self._forward)
 
     def crops(self, image_bgr: np.ndarray, found: list[face_module.Face]) -> np.ndarray:
         gray = to_gray(image_bgr)
@@ -131,7 +142,7 @@ class Predictor:
 
         An image without faces gives an empty ``faces`` list, not an error.
         """
-        image_bgr = load_image(image, channel_order, name)
+        image_bgr = load_image(image, channel_order, name, self.max_pixels)
         source = name or (str(image) if isinstance(image, (str, Path)) else "")
         found = face_module.detect_faces(image_bgr, self.detector, self.min_face_score)
         probabilities = self.classify_crops(self.crops(image_bgr, found))
@@ -144,23 +155,41 @@ class Predictor:
                               {n: float(p) for n, p in zip(self.class_names, probabilities)}, face_id)
 
     def predict_video(self, source: str | Path, output: str | Path | None = None, stride: int = 1,
-                      smoothing: float = 0.6, progress: bool = True):
+                      smoothing: float = 0.6, progress: bool = True, max_frames: int | None = MAX_VIDEO_FRAMES):
         """Classify faces through a video; returns a pandas DataFrame with one row per face per analysed frame.
 
         Faces are tracked across frames (stable ``face_id``: each detection joins
         the track whose last box overlaps it most) and each track's probabilities
         are smoothed over time (exponential moving average, weight ``smoothing``
         on the past). ``stride`` analyses every n-th frame; ``output`` (e.g.
-        ``out.mp4``) gets every frame, annotated with the latest result.
+        ``out.mp4``) gets every frame, annotated with the latest result, and
+        appears only once the whole video is written. Videos longer than
+        ``max_frames`` (default one hour at 30 fps) are refused; frames over
+        ``max_pixels`` too.
         """
         import cv2
 
+        from ferkit import files
+
+        files.require_regular_file(source, "video file")
         capture = cv2.VideoCapture(str(source))
         if not capture.isOpened():
             raise ImageError(f"{source}: cannot open as a video (missing file or unsupported codec)")
         fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        frame_pixels = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) * capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if max_frames is not None and total is not None and total > max_frames:
+            capture.release()
+            raise ImageError(f"{source}: {total} frames, over the limit of {max_frames}; "
+                             "pass max_frames= (or --max-frames) to allow it, or cut the video")
+        if self.max_pixels is not None and frame_pixels > self.max_pixels:
+            capture.release()
+            raise ImageError(f"{source}: frames of {frame_pixels / 1e6:.0f} megapixels, over the limit of "
+                             f"{self.max_pixels / 1e6:g}; pass max_pixels= (or --max-pixels) to allow them")
         writer = None
+        temporary = None
+        if output is not None:
+            output = files.check_output_path(output, source)
         tracker = _Tracker(smoothing)
         rows, current = [], []
         bar = None
@@ -187,16 +216,27 @@ class Predictor:
                                      **{f"p_{k}": v for k, v in prediction.probabilities.items()}})
                 if output is not None:
                     if writer is None:
-                        fourcc = cv2.VideoWriter_fourcc(*("mp4v" if str(output).endswith(".mp4") else "MJPG"))
-                        writer = cv2.VideoWriter(str(output), fourcc, fps, (frame.shape[1], frame.shape[0]))
+                        writer, temporary = _open_video_writer(output, fps, frame.shape[1], frame.shape[0])
                     writer.write(annotate(frame, current))
                 index += 1
+                if max_frames is not None and index > max_frames:
+                    raise ImageError(f"{source}: more than {max_frames} frames; pass max_frames= "
+                                     "(or --max-frames) to allow it, or cut the video")
                 if bar is not None:
                     bar.update(1)
+            if index == 0:
+                raise ImageError(f"{source}: no frame could be decoded (empty video or unsupported codec)")
+            if writer is not None:
+                writer.release()
+                writer = None
+                os.replace(temporary, output)
+                temporary = None
         finally:
             capture.release()
             if writer is not None:
                 writer.release()
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
             if bar is not None:
                 bar.close()
         import pandas as pd
@@ -206,6 +246,26 @@ class Predictor:
         table = pd.DataFrame(rows, columns=columns)
         table.attrs["frames"] = index
         return table
+
+
+def _open_video_writer(output: Path, fps: float, width: int, height: int):
+    """An OpenCV writer on a temporary file beside ``output`` (renamed into place when complete)."""
+    import tempfile
+
+    import cv2
+
+    from ferkit.files import OutputError
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=f".tmp{output.suffix}", dir=output.parent)
+    os.close(handle)
+    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if output.suffix.lower() == ".mp4" else "MJPG"))
+    writer = cv2.VideoWriter(temporary, fourcc, fps, (width, height))
+    if not writer.isOpened():
+        Path(temporary).unlink(missing_ok=True)
+        raise OutputError(f"{output}: OpenCV cannot write this video here (codec or folder); try an .mp4 or .avi "
+                          "name in a writable folder")
+    return writer, temporary
 
 
 class _Tracker:
@@ -281,27 +341,95 @@ def annotate(image_bgr: np.ndarray, predictions: list[FacePrediction]) -> np.nda
     return out
 
 
-def predict_folder(predictor: Predictor, folder: str | Path, out_dir: str | Path | None = None):
-    """Predict every image in ``folder`` (sorted); yields (path, ImagePrediction or error message)."""
-    from ferkit.images import IMAGE_SUFFIXES
+def folder_images(folder: str | Path, recursive: bool = False) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The images in ``folder`` (sorted; subfolders too if ``recursive``) and the files passed over, with why.
 
-    for path in sorted(Path(folder).iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
+    Hidden files are ignored. Everything else that is not an image ferkit
+    reads (another format, a video, a FIFO, a broken link) is listed as
+    passed over, never dropped silently. Raises ImageError for a folder with
+    nothing to process, saying whether ``recursive`` would find images.
+    """
+    folder = Path(folder)
+    images, passed = [], []
+    subfolders = 0
+    for directory, names, filenames in os.walk(folder):
+        names[:] = sorted(n for n in names if not n.startswith(".")) if recursive else []
+        if not recursive:
+            subfolders = sum(1 for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+        for filename in sorted(filenames):
+            path = Path(directory) / filename
+            if filename.startswith("."):
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                passed.append((path, f"not an image ferkit reads (supported: {', '.join(IMAGE_SUFFIXES)})"))
+            else:
+                images.append(path)
+    if not images and not passed:
+        hint = f"; it has {subfolders} subfolder(s): add --recursive (recursive=True) to look inside" if subfolders else ""
+        raise ImageError(f"{folder}: no images found{hint}")
+    return images, passed
+
+
+def annotated_path(image: Path, folder: Path, out_dir: Path) -> Path:
+    """Where the annotated copy of ``image`` (inside ``folder``) goes: the same relative path in
+    ``out_dir``, with ``_annotated`` before the suffix, which is kept, so photo.jpg and photo.png
+    never overwrite each other."""
+    relative = image.relative_to(folder) if folder in image.parents else Path(image.name)
+    return out_dir / relative.with_name(f"{relative.stem}_annotated{relative.suffix}")
+
+
+def predict_folder(predictor: Predictor, folder: str | Path, out_dir: str | Path | None = None,
+                   recursive: bool = False):
+    """Predict every image in ``folder`` (sorted); yields ``(path, ImagePrediction or error message)``.
+
+    A file that cannot be read (or annotated) gives its message and the run
+    goes on; files that are not images come first, with the reason. With
+    ``out_dir``, annotated copies are written there (:func:`annotated_path`)
+    and each result's ``annotated`` attribute names the file written.
+    """
+    from ferkit.files import OutputError
+    from ferkit.images import save_image
+
+    folder = Path(folder)
+    images, passed = folder_images(folder, recursive)
+    yield from passed
+    for path in images:
         try:
             result = predictor.predict(path)
-        except ImageError as error:
+            if out_dir is not None:
+                result.annotated = save_image(annotated_path(path, folder, Path(out_dir)), result.annotate())
+        except (ImageError, OutputError) as error:
             yield path, str(error)
             continue
-        if out_dir is not None:
-            import cv2
-
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(Path(out_dir) / f"{path.stem}_annotated.jpg"), result.annotate())
         yield path, result
 
 
 def write_video_table(table, path: str | Path) -> Path:
-    """The per-frame table as CSV."""
-    table.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.4f")
-    return Path(path)
+    """The per-frame table as CSV (written to a temporary file, then renamed into place)."""
+    from ferkit.files import write_text
+
+    return write_text(path, table.to_csv(index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.4f"))
+
+
+def face_rows(results, class_names) -> "pandas.DataFrame":
+    """One row per face over ``results`` (ImagePrediction): file, face, box, label, score, p_<class>.
+
+    An image without faces gives one row with an empty face number, so that
+    every image processed appears.
+    """
+    import pandas as pd
+
+    columns = ["file", "face", "x", "y", "width", "height", "detection_score", "label", "score"] + \
+        [f"p_{name}" for name in class_names]
+    rows = []
+    for result in results:
+        if not result.faces:
+            rows.append({"file": result.source})
+        for number, face in enumerate(result.faces):
+            rows.append({"file": result.source, "face": number, "x": face.box[0], "y": face.box[1],
+                         "width": face.box[2], "height": face.box[3], "detection_score": face.detection_score,
+                         "label": face.label, "score": face.score,
+                         **{f"p_{name}": p for name, p in face.probabilities.items()}})
+    table = pd.DataFrame(rows, columns=columns)
+    table["face"] = table["face"].astype("Int64")
+    return table

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ferkit.data import IMAGE_SIZE, FerDataset
-from ferkit.model import (DEFAULT_ARCHITECTURE, ModelMeta, build_model, save_model, to_model_input,
-                          with_fused_batchnorm)
+from ferkit.model import (DEFAULT_ARCHITECTURE, ModelMeta, build_model, predict_probabilities, save_model,
+                          to_model_input, with_fused_batchnorm)
 
 #: Where ``train`` keeps per-epoch checkpoints and history.csv unless told otherwise.
 DEFAULT_CHECKPOINT_DIR = "checkpoints/fer"
@@ -535,18 +535,3 @@ def _hardware() -> str:
     return f"{where} (Keras backend {keras.backend.backend()})"
 
 
-def predict_probabilities(model, images: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
-    """(N, 48, 48) uint8 -> (N, classes) probabilities; ``tta`` averages flips and small shifts."""
-    x = to_model_input(images)
-    views = [x]
-    if tta:
-        views.append(x[:, :, ::-1])
-        pad = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
-        for dy, dx in ((0, 0), (4, 4), (0, 4), (4, 0)):
-            shifted = pad[:, dy:dy + IMAGE_SIZE, dx:dx + IMAGE_SIZE]
-            views += [shifted, shifted[:, :, ::-1]]
-    total = None
-    for view in views:
-        p = model.predict(np.ascontiguousarray(view), batch_size=batch_size, verbose=0)
-        total = p if total is None else total + p
-    return total / len(views)

@@ -15,7 +15,8 @@ tf = pytest.importorskip("tensorflow")
 
 from ferkit import evaluation, training  # noqa: E402
 from ferkit.callbacks import ThresholdStop, WeightAverage  # noqa: E402
-from ferkit.model import ModelMeta, build_model, load_model, save_model, to_model_input, with_fused_batchnorm  # noqa: E402
+from ferkit.model import (ModelMeta, build_model, load_model, predict_probabilities, save_model,  # noqa: E402
+                          to_model_input, with_fused_batchnorm)
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
@@ -305,7 +306,7 @@ def test_ensemble_averages_members_and_loads_in_plain_keras(cartoon, tmp_path, c
     assert main(["ensemble", *members, "--out", str(tmp_path / "avg"), "--data", str(npz), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     public = cartoon.split("PublicTest")
-    member_probabilities = [training.predict_probabilities(load_model(m)[0], public.images) for m in members]
+    member_probabilities = [predict_probabilities(load_model(m)[0], public.images) for m in members]
     expected = (member_probabilities[0] + member_probabilities[1]) / 2
     assert f"average of 2: PublicTest accuracy {(expected.argmax(1) == public.labels).mean():.4f}" in printed
     assert (f"{members[1]} (vgg_small): PublicTest accuracy "
@@ -473,7 +474,7 @@ def test_weight_averaging_resumes_after_a_kill_and_saves_the_better_candidate(tm
     model, meta = load_model(tmp_path / "model" / "fer")
     from ferkit.sample import cartoon_faces
     public = cartoon_faces(per_class_and_split=6, seed=0).split("PublicTest")
-    accuracy = (training.predict_probabilities(model, public.images).argmax(1) == public.labels).mean()
+    accuracy = (predict_probabilities(model, public.images).argmax(1) == public.labels).mean()
     # What was saved is the candidate that scored higher, with the score recorded for it.
     assert recorded["saved"] == (recorded["public_test_accuracy"] >= recorded["best_epoch_public_test_accuracy"])
     chosen = "public_test_accuracy" if recorded["saved"] else "best_epoch_public_test_accuracy"
@@ -528,7 +529,7 @@ def test_training_runs_under_jax_without_tensorflow_on_two_devices_and_loads_bac
     from ferkit.sample import cartoon_faces
 
     val = cartoon_faces(2).split("PublicTest")
-    accuracy = (training.predict_probabilities(model, val.images).argmax(1) == val.labels).mean()
+    accuracy = (predict_probabilities(model, val.images).argmax(1) == val.labels).mean()
     assert accuracy == pytest.approx(best["val_accuracy"], abs=1e-6)
 
 
