@@ -15,6 +15,8 @@ from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 
+from ferkit.errors import BadRecord, DatasetError
+
 PIXELS = 48 * 48
 REQUIRED_COLUMNS = ("emotion", "pixels", "usage")
 _SPACE, _ZERO = 32, 48
@@ -35,8 +37,6 @@ def read_fer_csv(data: bytes, name: str, n_classes: int, split_names: Sequence[s
     uint8 for the good rows, and the bad rows as a list of ``BadRecord``.
     Raises :class:`ferkit.data.DatasetError` when the header is unusable.
     """
-    from ferkit.data import BadRecord, DatasetError
-
     lines = data.split(b"\n")
     header = lines[0].rstrip(b"\r").decode("utf-8-sig", errors="replace")
     columns = [c.strip().strip('"').lower() for c in header.split(",")]
@@ -110,8 +110,11 @@ def _parse_chunk(fields: Sequence[bytes], out: np.ndarray) -> dict[int, str]:
     digits = text - np.uint8(_ZERO)  # wraps non-digits to >= 10
     spaces = np.flatnonzero(text == _SPACE)
     length = np.diff(spaces, prepend=-1) - 1
-    if (len(spaces) != len(fields) * PIXELS or length.min() < 1 or length.max() > 3
-            or ((digits >= 10) & (text != _SPACE)).any()):
+    # Each row must end exactly at its own 2304th value: a total that matches can hide two rows whose
+    # counts cancel (2305 + 2303), which would shift every pixel in between.
+    row_end = np.cumsum(np.fromiter(map(len, fields), np.int64, len(fields)) + 1) - 1
+    if (len(spaces) != len(fields) * PIXELS or not np.array_equal(spaces[PIXELS - 1::PIXELS], row_end)
+            or length.min() < 1 or length.max() > 3 or ((digits >= 10) & (text != _SPACE)).any()):
         return _parse_chunk_carefully(text, fields, out)
     values = digits[spaces - 1].astype(np.uint16)
     values += (length >= 2) * (digits[spaces - 2] * np.uint16(10))
@@ -152,7 +155,9 @@ def _parse_chunk_carefully(text: np.ndarray, fields: Sequence[bytes], out: np.nd
         token_row = np.searchsorted(np.cumsum(per_row), out_of_range, side="right")
         for token, row in zip(out_of_range, token_row):
             value = bytes(text[starts[token]:ends[token] + 1]).decode()
-            problems.setdefault(int(row), f"pixel value {value} is out of range 0-255")
+            problem = (f"pixel value {value} has leading zeros; expected integers 0-255 written plainly"
+                       if len(value) > 3 and int(value) <= 255 else f"pixel value {value} is out of range 0-255")
+            problems.setdefault(int(row), problem)
 
     good = np.ones(len(fields), bool)
     good[list(problems)] = False

@@ -30,7 +30,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ferkit import _csvcodec
+from ferkit import _csvcodec, files
+from ferkit.errors import BadRecord, DatasetError
 
 #: Canonical class names; the index is the original fer2013.csv ``emotion`` id.
 CLASS_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -50,23 +51,13 @@ SUBSETS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
 }
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: Largest image member read from a zip or folder (FER-2013's are ~2 KB), and largest CSV (the full one is ~290 MB).
+MAX_IMAGE_BYTES = 32 * 2**20
+MAX_CSV_BYTES = 2 * 2**30
+#: Members compressed more than this are refused unread: a zip bomb, not a photo or a CSV of pixels.
+MAX_COMPRESSION_RATIO = 200
 _FOLDER_SPLIT = {"train": "Training", "test": None}  # test/ holds Public and Private
 _NAME_SPLIT = re.compile(r"^(Training|PublicTest|PrivateTest)_(\d+)")
-
-
-class DatasetError(ValueError):
-    """The dataset (or one of its records) cannot be read as FER-2013."""
-
-
-@dataclass(frozen=True)
-class BadRecord:
-    """One record that could not be read: where it is and what is wrong."""
-
-    where: str
-    problem: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -188,6 +179,11 @@ def load_fer2013(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     path = dataset_path(path)
+    if not path.is_dir():
+        try:
+            files.require_regular_file(path, "dataset file")
+        except OSError as error:
+            raise DatasetError(str(error)) from None
     if path.is_dir():
         records = _folder_records(path)
         data = _decode_records(records, str(path), resize=resize, progress=progress)
@@ -197,7 +193,7 @@ def load_fer2013(
         with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
             inner_csv = _csv_member(archive)
             if inner_csv is not None:  # e.g. Kaggle's deadskull7/fer2013: fer2013.csv in a zip
-                data = _parse_csv(archive.read(inner_csv), f"{path.name}:{inner_csv.filename}")
+                data = _parse_csv(read_member(archive, inner_csv, MAX_CSV_BYTES), f"{path.name}:{inner_csv.filename}")
             else:
                 records = _zip_records(archive, path, _ZipMembers(archive, raw))
                 data = _decode_records(records, str(path), resize=resize, progress=progress)
@@ -212,6 +208,9 @@ def load_fer2013(
     images, labels, splits, bad = data
     if bad and on_error == "raise":
         raise DatasetError(_bad_summary(path, bad))
+    if len(labels) == 0:
+        raise DatasetError(f"{path}: no usable images; " + (f"all {len(bad)} records are bad, e.g. {bad[0]}" if bad
+                                                             else "it holds only a header, or nothing in the FER-2013 layout"))
     return FerDataset(images=images, labels=labels, splits=splits, source=str(path), skipped=tuple(bad))
 
 
@@ -242,6 +241,8 @@ def _classify_path(parts: Sequence[str]) -> tuple[int, int, tuple] | str | None:
     """(split, label, sort key) for ``.../train|test/<class>/<file>``, a problem
     string for an image that breaks the layout, or None for a file outside it."""
     if len(parts) < 3 or parts[-3].lower() not in _FOLDER_SPLIT:
+        if any(p.lower() in _FOLDER_SPLIT for p in parts[:-3]) and parts[-1].lower().endswith(IMAGE_SUFFIXES):
+            return "in a subfolder of a class folder; images go directly in train/<class>/ or test/<class>/"
         return None
     folder, class_folder, filename = parts[-3].lower(), parts[-2], parts[-1]
     if class_folder.lower() not in CLASS_NAMES:
@@ -278,8 +279,9 @@ class _ZipMembers:
         self.buffer = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
 
     def read(self, info: zipfile.ZipInfo) -> bytes:
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
-            return self.archive.read(info)
+        check_member(info, MAX_IMAGE_BYTES)
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            return read_member(self.archive, info, MAX_IMAGE_BYTES)
         offset = info.header_offset
         if self.buffer[offset:offset + 4] != b"PK\x03\x04":
             raise DatasetError(f"{info.filename}: corrupt zip entry (bad local header)")
@@ -287,12 +289,40 @@ class _ZipMembers:
         start = offset + 30 + name_length + extra_length
         stored = self.buffer[start:start + info.compress_size]
         try:
-            data = zlib.decompress(stored, -15) if info.compress_type == zipfile.ZIP_DEFLATED else stored
+            # Never inflate past the declared size: a lying header cannot make this allocate more.
+            data = zlib.decompressobj(-15).decompress(stored, info.file_size + 1) \
+                if info.compress_type == zipfile.ZIP_DEFLATED else stored
         except zlib.error as error:
             raise DatasetError(f"{info.filename}: corrupt zip entry ({error})") from error
-        if zlib.crc32(data) != info.CRC:
+        if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
             raise DatasetError(f"{info.filename}: corrupt zip entry (CRC mismatch)")
         return data
+
+
+def check_member(info: zipfile.ZipInfo, max_bytes: int) -> None:
+    """Refuse a zip member before reading it: encrypted, larger than ``max_bytes``, or compressed like a bomb."""
+    if info.flag_bits & 0x1:
+        raise DatasetError(f"{info.filename}: encrypted zip member; FER-2013 archives are not encrypted: "
+                           "extract it with its password and give the folder")
+    if info.file_size > max_bytes:
+        raise DatasetError(f"{info.filename}: {info.file_size / 2**20:.0f} MiB uncompressed, over the limit of "
+                           f"{max_bytes / 2**20:.0f} MiB for this kind of member; not read")
+    if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO and info.file_size > 2**20:
+        raise DatasetError(f"{info.filename}: compressed {info.file_size / info.compress_size:.0f}:1, which no image "
+                           f"or pixel CSV reaches (limit {MAX_COMPRESSION_RATIO}:1); not read (a zip bomb?)")
+
+
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> bytes:
+    """A zip member's bytes, within the limits of :func:`check_member`; every failure is a DatasetError naming it."""
+    check_member(info, max_bytes)
+    try:
+        with archive.open(info) as member:
+            data = member.read(max_bytes + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as error:
+        raise DatasetError(f"{info.filename}: corrupt or unreadable zip member ({error})") from None
+    if len(data) > max_bytes:
+        raise DatasetError(f"{info.filename}: larger than its header says, over {max_bytes / 2**20:.0f} MiB; not read")
+    return data
 
 
 def _zip_records(archive: zipfile.ZipFile, path: Path, members: _ZipMembers) -> list[_ImageRecord]:
@@ -324,13 +354,28 @@ def _folder_records(root: Path) -> list[_ImageRecord]:
                 continue
             name = prefix + filename
             full = os.path.join(dirpath, filename)
-            records.append(_make_record(name.split("/"), name, lambda full=full: _read_file(full)))
+            records.append(_make_record(name.split("/"), name, lambda full=full, name=name: _read_as(name, full)))
     return _finish_records(records, root)
 
 
+def _read_as(name: str, path: str) -> bytes:
+    try:
+        return _read_file(path)
+    except DatasetError as error:  # messages name the record as the dataset lists it
+        raise DatasetError(f"{name}: {str(error).split(': ', 1)[-1]}") from None
+
+
 def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    """A dataset file's bytes; links that lead nowhere, FIFOs and oversized files are DatasetErrors naming it."""
+    try:
+        files.require_regular_file(path, "image file")
+        if os.path.getsize(path) > MAX_IMAGE_BYTES:
+            raise DatasetError(f"{path}: {os.path.getsize(path) / 2**20:.0f} MiB, over the limit of "
+                               f"{MAX_IMAGE_BYTES / 2**20:.0f} MiB for one image; not read")
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise DatasetError(str(error) if path in str(error) else f"{path}: cannot read ({error})") from None
 
 
 def _make_record(parts, name, read) -> _ImageRecord | None:
@@ -347,12 +392,29 @@ def _make_record(parts, name, read) -> _ImageRecord | None:
 
 def _finish_records(records, path: Path) -> list[_ImageRecord]:
     records = sorted((r for r in records if r is not None), key=lambda r: r.order)
+    records = _flag_repeated_ids(records)
     if not records:
         raise DatasetError(
             f"{path}: no images found in the FER-2013 layout "
             "(train/<class>/Training_<id>.jpg, test/<class>/PublicTest_<id>.jpg ...)"
         )
     return records
+
+
+def _flag_repeated_ids(records: list[_ImageRecord]) -> list[_ImageRecord]:
+    """An image id (PublicTest_123) in two class folders has no single label: both copies become bad records."""
+    by_id: dict[tuple[int, int], list[int]] = {}
+    for i, record in enumerate(records):
+        if record.problem is None and record.order[1] >= 0:
+            by_id.setdefault(record.order[:2], []).append(i)
+    flagged = list(records)
+    for indices in by_id.values():
+        if len(indices) > 1:
+            names = [records[i].name for i in indices]
+            for i in indices:
+                others = ", ".join(n for n in names if n != records[i].name)
+                flagged[i] = replace(records[i], problem=f"the same image id is also at {others}; keep one copy")
+    return flagged
 
 
 def decode_image(data: bytes, name: str, *, resize: bool = False) -> np.ndarray:
@@ -434,6 +496,9 @@ def _looks_like_csv(path: Path) -> bool:
 
 
 def _read_csv(path: Path):
+    if path.stat().st_size > MAX_CSV_BYTES:
+        raise DatasetError(f"{path}: {path.stat().st_size / 2**30:.1f} GiB, over the limit of "
+                           f"{MAX_CSV_BYTES / 2**30:.0f} GiB for a FER CSV (the full dataset is ~0.3 GiB)")
     return _parse_csv(path.read_bytes(), path.name)
 
 
@@ -449,9 +514,13 @@ def _csv_member(archive: zipfile.ZipFile) -> zipfile.ZipInfo | None:
         return None
     for info in infos:
         if info.filename.lower().endswith(".csv"):
-            with archive.open(info) as f:
-                if b"pixels" in f.readline().lower():
-                    return info
+            check_member(info, MAX_CSV_BYTES)
+            try:
+                with archive.open(info) as f:
+                    if b"pixels" in f.readline(4096).lower():
+                        return info
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as error:
+                raise DatasetError(f"{info.filename}: corrupt or unreadable zip member ({error})") from None
     return None
 
 
@@ -463,8 +532,7 @@ def write_csv(data: FerDataset, path: str | os.PathLike, *, progress: bool = Tru
     """
     _require_full_classes(data, "CSV")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    with files.atomic_path(path) as temporary, open(temporary, "wb") as f:
         _csvcodec.write_fer_csv(f, data.images.reshape(len(data), -1), data.labels, data.splits, SPLITS,
                                 progress=lambda it, n: _progress(it, n, f"writing {path.name}", progress, "chunk"))
     return path
@@ -474,8 +542,9 @@ def write_npz(data: FerDataset, path: str | os.PathLike) -> Path:
     """Write ``data`` as an uncompressed .npz that :func:`load_fer2013` reloads in milliseconds."""
     _require_full_classes(data, "npz")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, images=data.images, labels=data.labels, splits=data.splits, class_names=np.array(CLASS_NAMES))
+    # Through a file object, so NumPy writes exactly ``path`` (it appends ".npz" to names like DATA.NPZ).
+    with files.atomic_path(path) as temporary, open(temporary, "wb") as f:
+        np.savez(f, images=data.images, labels=data.labels, splits=data.splits, class_names=np.array(CLASS_NAMES))
     return path
 
 
@@ -486,18 +555,33 @@ def _require_full_classes(data: FerDataset, what: str) -> None:
 
 
 def _read_npz(path: Path):
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path}: not a .npz archive (a .npz is a zip of arrays, as `ferkit convert DATA out.npz` "
+                           "writes); give the dataset zip, folder or CSV instead")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = {"images", "labels", "splits", "class_names"} - set(npz.files)
             if missing:
                 raise DatasetError(f"{path}: not a ferkit .npz (missing {', '.join(sorted(missing))})")
-            if tuple(npz["class_names"]) != CLASS_NAMES:
-                raise DatasetError(f"{path}: classes {tuple(npz['class_names'])} differ from {CLASS_NAMES}")
-            return npz["images"], npz["labels"].astype(np.int64), npz["splits"].astype(np.int8), []
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+            images, labels, splits, names = npz["images"], npz["labels"], npz["splits"], npz["class_names"]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         if isinstance(error, DatasetError):
             raise
         raise DatasetError(f"{path}: not a readable .npz ({error})") from error
+    if names.ndim != 1 or tuple(str(n) for n in names) != CLASS_NAMES:
+        raise DatasetError(f"{path}: classes {tuple(names.tolist())} differ from {CLASS_NAMES}")
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DatasetError(f"{path}: images are {images.dtype} of shape {images.shape}; expected uint8 "
+                           f"(N, {IMAGE_SIZE}, {IMAGE_SIZE})")
+    for name, values, count in (("labels", labels, len(CLASS_NAMES)), ("splits", splits, len(SPLITS))):
+        if values.ndim != 1 or len(values) != len(images) or not np.issubdtype(values.dtype, np.integer):
+            raise DatasetError(f"{path}: {name} are {values.dtype} of shape {values.shape}; expected "
+                               f"{len(images)} integers, one per image")
+        bad = np.flatnonzero((values < 0) | (values >= count))
+        if len(bad):
+            raise DatasetError(f"{path}: {name}[{bad[0]}] is {values[bad[0]]}, outside 0-{count - 1} "
+                               f"({len(bad)} such rows)")
+    return images, labels.astype(np.int64), splits.astype(np.int8), []
 
 
 # ----------------------------------------------------------------------------

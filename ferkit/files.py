@@ -101,12 +101,12 @@ def require_regular_file(path: str | os.PathLike, what: str = "file") -> Path:
     except FileNotFoundError:
         if path.is_symlink():
             raise FileNotFoundError(f"{path}: broken symbolic link (its target does not exist)") from None
-        raise FileNotFoundError(f"{path}: no such {what}") from None
+        raise FileNotFoundError(f"{path}: no such file") from None
     except OSError as error:  # e.g. a symlink loop
         raise FileNotFoundError(f"{path}: cannot be read ({error.strerror or error})") from None
     if stat.S_ISDIR(mode):
-        raise IsADirectoryError(f"{path}: is a folder, not a {what}")
+        raise IsADirectoryError(f"{path}: is a folder, not a file")
     if not stat.S_ISREG(mode):
         kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
-        raise OSError(f"{path}: is {kind}, not a regular {what}; refusing to open it")
+        raise OSError(f"{path}: is {kind}, not a regular file; refusing to open it")
     return path

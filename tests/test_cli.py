@@ -13,9 +13,9 @@ from ferkit.sample import write_image_layout
 def test_convert_writes_csv_and_prints_counts(cartoon, tmp_path, capsys):
     source = write_image_layout(cartoon, tmp_path / "fer.zip")
     assert main(["convert", str(source), str(tmp_path / "out.csv"), "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert f"wrote {len(cartoon)} rows" in out
-    assert out.splitlines()[-1].split() == ["all"] + ["12"] * 7 + ["84"]
+    captured = capsys.readouterr()
+    assert f"wrote {len(cartoon)} rows" in captured.err  # messages on stderr, the table (the result) on stdout
+    assert captured.out.splitlines()[-1].split() == ["all"] + ["12"] * 7 + ["84"]
     again = data.load_fer2013(tmp_path / "out.csv")
     assert (again.images == cartoon.images).all()
 
@@ -28,8 +28,8 @@ def test_convert_skip_bad_reports_and_lists(cartoon, tmp_path, capsys):
     assert main(["convert", str(source), str(out_csv), "--no-progress"]) == 2
     assert "empty file (0 bytes)" in capsys.readouterr().err
     assert main(["convert", str(source), str(out_csv), "--no-progress", "--skip-bad"]) == 0
-    out = capsys.readouterr().out
-    assert "skipped 1 bad record(s):" in out and broken.name in out
+    err = capsys.readouterr().err
+    assert "skipped 1 bad record(s):" in err and broken.name in err
     assert broken.name in (tmp_path / "out.csv.skipped.txt").read_text()
     assert len(data.load_fer2013(out_csv)) == len(cartoon) - 1
 

@@ -13,7 +13,7 @@ keras = pytest.importorskip("keras")
 
 from ferkit import faces, images, training  # noqa: E402
 from ferkit.cli import main  # noqa: E402
-from ferkit.model import to_model_input  # noqa: E402
+from ferkit.model import predict_probabilities, to_model_input, tta_views  # noqa: E402
 from ferkit.prediction import Predictor, annotate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,8 +119,19 @@ def test_no_face_is_an_empty_list():
 
 def test_large_images_are_searched_downscaled(astronaut):
     small = faces.detect_faces(astronaut)[0].box
-    big = faces.detect_faces(cv2.resize(astronaut, (2560, 2560)), max_side=640)[0].box
+    big = faces.detect_faces(cv2.resize(astronaut, (2560, 2560)), max_pixels=640 * 640)[0].box
     np.testing.assert_allclose(np.array(big) / 5, small, atol=8)
+
+
+def test_a_long_strip_of_faces_is_not_shrunk_below_the_detector(face_patch):
+    # 12 faces side by side: a longest-side limit would shrink them to 1280/1920 of their size and more.
+    strip = np.hstack([face_patch] * 24)  # 3840x160: 0.6 megapixels, under the budget, so searched as it is
+    assert len(faces.detect_faces(strip)) == 24
+
+
+def test_extreme_aspect_ratios_are_searched_without_error():
+    for shape in [(8, 70000, 3), (70000, 8, 3)]:
+        assert faces.detect_faces(np.full(shape, 128, np.uint8), max_pixels=100_000) == []
 
 
 def test_mtcnn_finds_the_sample_face(astronaut):
@@ -182,11 +193,17 @@ def test_training_and_inference_feed_the_model_the_same_way(predictor, astronaut
     assert len(result.faces) == 1
 
 
-def test_tta_averages_the_mirror(random_model):
-    plain, mirrored = Predictor(random_model), Predictor(random_model, tta=True)
+def test_tta_is_the_same_in_predict_and_evaluate(random_model):
+    plain, augmented = Predictor(random_model), Predictor(random_model, tta=True)
     crops = np.random.default_rng(1).integers(0, 256, (3, 48, 48), dtype=np.uint8)
-    expected = (plain.classify_crops(crops) + plain.classify_crops(crops[:, :, ::-1])) / 2
-    np.testing.assert_allclose(mirrored.classify_crops(crops), expected, atol=1e-6)
+    views = tta_views(to_model_input(crops))
+    assert len(views) == 10
+    mirrored = crops[:, :, ::-1]
+    np.testing.assert_array_equal(views[1][..., 0], mirrored)
+    expected = np.mean([plain.classify_crops(view[..., 0].astype(np.uint8)) for view in views], axis=0)
+    np.testing.assert_allclose(augmented.classify_crops(crops), expected, atol=1e-6)
+    # evaluate's path (model.predict in batches) gives the same numbers as Predictor's compiled graph
+    np.testing.assert_allclose(predict_probabilities(plain.model, crops, tta=True), expected, atol=1e-5)
 
 
 # ---------------------------------------------------------------- prediction and annotation
@@ -255,9 +272,10 @@ def test_predict_command_writes_annotation_and_json(random_model, astronaut, tmp
     cv2.imwrite(str(tmp_path / "photo.jpg"), astronaut)
     assert main(["predict", str(tmp_path / "photo.jpg"), "--model", str(random_model), "--out",
                  str(tmp_path / "out"), "--json"]) == 0
-    printed = capsys.readouterr().out
-    faces_json = json.loads(printed[: printed.rindex("]") + 1])
+    document = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON document
+    faces_json = document["images"][0]["faces"]
     assert len(faces_json) == 1 and set(faces_json[0]) >= {"box", "label", "score", "probabilities"}
+    assert document["images"][0]["annotated"] == str(tmp_path / "out" / "photo_annotated.jpg")
     assert (tmp_path / "out" / "photo_annotated.jpg").exists()
 
 
@@ -266,9 +284,11 @@ def test_predict_command_on_a_folder_reports_bad_files(random_model, astronaut, 
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), astronaut)
     (folder / "b.jpg").write_bytes(b"")
-    assert main(["predict", str(folder), "--model", str(random_model), "--out", str(tmp_path / "out")]) == 0
+    # The run goes on past the bad file, and the exit status says something was skipped.
+    assert main(["predict", str(folder), "--model", str(random_model), "--out", str(tmp_path / "out")]) == 1
     captured = capsys.readouterr()
     assert "a.png" in captured.out and "b.jpg: empty file" in captured.err
+    assert (tmp_path / "out" / "a_annotated.png").exists()
 
 
 @pytest.mark.skipif(not (ROOT / "fer.json").exists(), reason="no shipped model (fer.json) in this checkout yet")
