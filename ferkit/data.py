@@ -402,18 +402,30 @@ def _finish_records(records, path: Path) -> list[_ImageRecord]:
 
 
 def _flag_repeated_ids(records: list[_ImageRecord]) -> list[_ImageRecord]:
-    """An image id (PublicTest_123) in two class folders has no single label: both copies become bad records."""
+    """One image filed under two classes has no single label: every copy becomes a bad record.
+
+    Ids alone are not unique (the Kaggle copy has different faces sharing an
+    id in different classes), so copies are the files with one id and the
+    same bytes.
+    """
     by_id: dict[tuple[int, int], list[int]] = {}
     for i, record in enumerate(records):
         if record.problem is None and record.order[1] >= 0:
             by_id.setdefault(record.order[:2], []).append(i)
     flagged = list(records)
-    for indices in by_id.values():
-        if len(indices) > 1:
-            names = [records[i].name for i in indices]
-            for i in indices:
+    for indices in (group for group in by_id.values() if len(group) > 1):
+        contents: dict[bytes, list[int]] = {}
+        for i in indices:
+            try:
+                contents.setdefault(records[i].read(), []).append(i)
+            except DatasetError:
+                continue  # reported when it is decoded
+        for copies in (group for group in contents.values() if len(group) > 1):
+            names = [records[i].name for i in copies]
+            for i in copies:
                 others = ", ".join(n for n in names if n != records[i].name)
-                flagged[i] = replace(records[i], problem=f"the same image id is also at {others}; keep one copy")
+                flagged[i] = replace(records[i], problem=f"the same image is also at {others}, under another "
+                                                         "label; keep the copy whose class is right")
     return flagged
 
 

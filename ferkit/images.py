@@ -112,10 +112,14 @@ def _check_pixel_count(data: bytes, name: str, max_pixels: int) -> None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as header:  # reads the header only
                 width, height = header.size
-    except Image.DecompressionBombError as error:  # far over Pillow's own limit; its message gives the size
-        raise ImageError(f"{name}: {error}; over the limit of {max_pixels / 1e6:g} megapixels, not decoded. "
-                         "Raise it with max_pixels= (Predictor, load_image) or --max-pixels on the command "
-                         "line if you trust the file") from None
+    except Image.DecompressionBombError as error:  # far over Pillow's own limit, which names the pixel count
+        import re
+
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(found[1]) / 1e6:.0f} megapixels" if found else "far more than Pillow allows"
+        raise ImageError(f"{name}: {size}, over the limit of {max_pixels / 1e6:g}; not decoded. Raise it with "
+                         "max_pixels= (Predictor, load_image) or --max-pixels on the command line if you trust "
+                         "the file") from None
     except Exception:
         return  # not a format Pillow knows: OpenCV decides, and the size is checked after decoding
     if width * height > max_pixels:

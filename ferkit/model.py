@@ -327,7 +327,7 @@ def load_model(path: str | Path | None = None):
     paths = _model_files(base)
     for required in (paths["json"], paths["h5"]):
         if not required.exists():
-            raise ModelError(f"{required}: missing; a ferkit model is {base}.json + {base}.h5 "
+            raise FileNotFoundError(f"{required}: missing; a ferkit model is {base}.json + {base}.h5 "
                              f"(+ {base}.meta.json). Train one with `python -m ferkit train`, or name one with "
                              f"--model / ${MODEL_ENV}.")
         files.require_regular_file(required, "model file")

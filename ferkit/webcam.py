@@ -33,6 +33,8 @@ import numpy as np
 from ferkit.images import decode_image_bytes, load_image
 
 FILE_ENV = "FERKIT_WEBCAM_FILE"
+#: Frames ``live()`` plays from a still image given as the camera file.
+STILL_FRAMES = 5
 
 
 class WebcamError(RuntimeError):
@@ -291,6 +293,20 @@ def _ipykernel_major() -> int:
         return 0
 
 
+def _require_notebook(what: str) -> None:
+    """The camera is the browser's: without a notebook kernel there is no page to ask (a plain script)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        shell = None
+    else:
+        shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        raise WebcamError(f"webcam: {what} needs a notebook (Jupyter, Colab or VS Code), where the browser holds the "
+                          f"camera; this is a plain Python process. In a script, set {FILE_ENV}=photo.jpg to use a "
+                          "file as the camera, or run `python -m ferkit predict photo.jpg`")
+
+
 def take_photo(quality: float = 0.9, timeout: float = 60.0) -> np.ndarray:
     """Take one webcam snapshot and return it as a BGR uint8 array.
 
@@ -303,6 +319,7 @@ def take_photo(quality: float = 0.9, timeout: float = 60.0) -> np.ndarray:
         return _read_file_source(source)
     if _in_colab():
         return _colab_photo(quality, timeout)
+    _require_notebook("take_photo()")
     if _ipykernel_major() >= 7:
         raise WebcamError("webcam: in this Jupyter (ipykernel 7+) a cell cannot block while the browser answers; "
                           "use `photo = await take_photo_async()` instead")
@@ -329,6 +346,7 @@ async def take_photo_async(quality: float = 0.9, timeout: float = 60.0) -> np.nd
         return _read_file_source(source)
     if _in_colab():
         return _colab_photo(quality, timeout)
+    _require_notebook("take_photo_async()")
     widget = _show_widget(quality, timeout)
     loop = asyncio.get_running_loop()
     answered = loop.create_future()
@@ -393,6 +411,7 @@ def live(predictor, frame_width: int = 320, max_frames: int | None = None):
         return _live_from_file(predictor, source, frame_width, max_frames)
     if _in_colab():
         return _live_colab(predictor, frame_width, max_frames)
+    _require_notebook("live()")
     widget = _widget_class()(mode="live", frame_width=frame_width)
 
     def on_message(_widget, content, _buffers):
@@ -418,7 +437,8 @@ def _live_from_file(predictor, source: Path, frame_width: int, max_frames: int |
     import cv2
 
     print(f"camera: the file {source.name} ({FILE_ENV} is set; no real camera is used)")
-    frames = _video_frames(source, max_frames) or [load_image(source)] * (max_frames or 1)
+    # A still image has no length: it stands for a short stream of STILL_FRAMES identical frames.
+    frames = _video_frames(source, max_frames) or [load_image(source)] * (max_frames or STILL_FRAMES)
     labels, started = [], time.perf_counter()
     for frame in frames:
         scale = frame_width / frame.shape[1]
