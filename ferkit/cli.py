@@ -482,6 +482,24 @@ def quiet_tensorflow() -> None:
         os.close(devnull)
 
 
+def _plain_warnings() -> None:
+    """ferkit's own warnings (a .jpg holding PNG data) as one "warning: ..." line each, every time."""
+    import warnings
+
+    from ferkit.images import ImageWarning
+
+    warnings.simplefilter("always", ImageWarning)
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ImageWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 _TENSORFLOW_COMMANDS = ("train", "evaluate", "ensemble", "predict", "demo")
 
 
@@ -492,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose and args.command in _TENSORFLOW_COMMANDS:
         quiet_tensorflow()
     args.argv = [a for a in argv if a != "--verbose"]  # recorded with a trained model
+    _plain_warnings()
     try:
         status = args.func(args)
     except (data.DatasetError, ValueError, OSError, RuntimeError) as error:

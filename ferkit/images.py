@@ -50,6 +50,7 @@ def load_image(source, channel_order: str = "rgb", name: str | None = None,
             data = path.read_bytes()
         except OSError as error:
             raise ImageError(str(error) if str(path) in str(error) else f"{path}: cannot read ({error})") from None
+        _warn_if_misnamed(path, data)
         return decode_image_bytes(data, name or str(path), max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return decode_image_bytes(bytes(source), name or "image bytes", max_pixels)
@@ -59,6 +60,32 @@ def load_image(source, channel_order: str = "rgb", name: str | None = None,
         return _from_pil(source)
     raise ImageError(f"{name or type(source).__name__}: unsupported input type {type(source).__name__}; "
                      "pass a path, bytes, a numpy array or a PIL image")
+
+
+#: Leading bytes of each format, and the suffixes that name it.
+_SIGNATURES = {"JPEG": ((b"\xff\xd8\xff",), (".jpg", ".jpeg")), "PNG": ((b"\x89PNG",), (".png",)),
+               "BMP": ((b"BM",), (".bmp",)), "TIFF": ((b"II*\x00", b"MM\x00*"), (".tif", ".tiff"))}
+
+
+def image_format(data: bytes) -> str | None:
+    """The format the bytes hold ("JPEG", "PNG", "BMP", "TIFF", "WebP"), from their signature, or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for kind, (magic, _) in _SIGNATURES.items() if data.startswith(magic)), None)
+
+
+def _warn_if_misnamed(path: Path, data: bytes) -> None:
+    """A file whose suffix names another format is read by its content, and the user is told."""
+    import warnings
+
+    kind = image_format(data)
+    suffixes = _SIGNATURES[kind][1] if kind in _SIGNATURES else (".webp",) if kind == "WebP" else ()
+    if kind and path.suffix.lower() in IMAGE_SUFFIXES and path.suffix.lower() not in suffixes:
+        warnings.warn(f"{path}: named {path.suffix} but holds {kind} data; read as {kind}", ImageWarning, stacklevel=3)
+
+
+class ImageWarning(UserWarning):
+    """An image was read, but not quite as its name promised (e.g. PNG data in a .jpg file)."""
 
 
 def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:

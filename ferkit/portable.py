@@ -11,6 +11,7 @@ only arguments a model really sets are written.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import json
@@ -107,7 +108,7 @@ def _without_defaults(module: str, class_name: str, config: dict) -> dict:
             continue
         trial = {k: v for k, v in kept.items() if k != key}
         try:  # some classes read an argument straight from the config (Rescaling's offset): those stay
-            rebuilt = cls.from_config(trial).get_config()
+            rebuilt = cls.from_config(copy.deepcopy(trial)).get_config()  # from_config may fill in its argument
         except Exception:
             continue
         if _same(rebuilt.get(key), value):

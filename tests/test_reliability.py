@@ -305,8 +305,10 @@ def test_a_folder_run_skips_the_bomb_and_the_fifo_and_finishes_the_rest(tmp_path
     huge_png(photos / "bomb.png")
     os.mkfifo(photos / "pipe.jpg")
     cv2.imwrite(str(photos / "smile.jpg"), sample_image())
-    script = ("import resource, sys; from ferkit.cli import main; status = main(sys.argv[1:]); "
-              "print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(status)")
+    # VmHWM: this process's own peak (ru_maxrss would include the forking pytest process's size).
+    script = ("import sys; from ferkit.cli import main; status = main(sys.argv[1:]); "
+              "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+              "print('peak', peak, file=sys.stderr); sys.exit(status)")
     result = subprocess.run([sys.executable, "-c", script, "predict", str(photos), "--json", "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path, env=ENV)
     assert result.returncode == 1, result.stderr  # done, but something was skipped
@@ -327,6 +329,15 @@ def test_a_truncated_jpeg_is_refused(tmp_path):
         load_image(encoded[: len(encoded) // 2])
     trailer = encoded + b"\0" * 4096 + b"phone maker's trailer"  # data after the end marker is fine
     assert load_image(trailer).shape == (512, 512, 3)
+
+
+def test_png_data_named_jpg_is_read_and_reported(tmp_path):
+    from ferkit.images import ImageWarning, load_image, sample_image
+
+    cv2.imwrite(str(tmp_path / "real.png"), sample_image())
+    (tmp_path / "photo.jpg").write_bytes((tmp_path / "real.png").read_bytes())
+    with pytest.warns(ImageWarning, match=r"photo.jpg: named .jpg but holds PNG data"):
+        assert load_image(tmp_path / "photo.jpg").shape == (512, 512, 3)
 
 
 # ---------------------------------------------------------------- prediction: threads and outputs

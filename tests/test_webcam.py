@@ -31,6 +31,12 @@ def no_file_source(monkeypatch):
     monkeypatch.delenv(webcam.FILE_ENV, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def in_a_kernel(monkeypatch):
+    """These tests play the browser's side; the Python side believes it runs in a notebook kernel."""
+    monkeypatch.setattr("IPython.get_ipython", lambda: types.SimpleNamespace(kernel=object()))
+
+
 def test_data_urls_decode_and_errors_explain(photo):
     decoded = webcam.decode_data_url(data_url(photo))
     assert decoded.shape == photo.shape and np.abs(decoded.astype(int) - photo).mean() < 3

@@ -1,0 +1,130 @@
+"""The model files load, and predict the same, on the Keras and TensorFlow versions users have.
+
+Google Colab preinstalls an older Keras than ferkit is developed with. CI
+builds extra environments (the oldest supported pair, and Colab's) and names
+their Python executables in ``$FERKIT_COMPAT_PYTHONS`` (separated by
+``os.pathsep``); each test below runs once per environment, in a subprocess.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from ferkit.model import ModelMeta, build_model, load_model, save_model  # noqa: E402
+from ferkit.portable import portable_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPAT_ENV = "FERKIT_COMPAT_PYTHONS"
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+
+#: What a plain Keras user runs, with no ferkit import: the README's two lines, then the .keras file.
+PLAIN_KERAS = """
+import sys, keras, numpy as np
+stem, inputs, out = sys.argv[1:4]
+model = keras.models.model_from_json(open(stem + ".json").read())
+model.load_weights(stem + ".h5")
+x = np.load(inputs)
+np.save(out, model.predict(x, verbose=0))
+archive = keras.models.load_model(stem + ".keras")
+np.save(out.replace(".npy", "_keras.npy"), archive.predict(x, verbose=0))
+print(keras.__version__)
+"""
+
+
+def compat_pythons():
+    listed = [p for p in os.environ.get(COMPAT_ENV, "").split(os.pathsep) if p]
+    if not listed:
+        return [pytest.param(None, marks=pytest.mark.skip(
+            reason=f"no other Keras environments: .ci/run builds them and sets ${COMPAT_ENV}"))]
+    return [pytest.param(p, id=Path(p).parents[1].name) for p in listed]
+
+
+def _versions(python):
+    script = "import keras, tensorflow as tf; print(keras.__version__, tf.__version__)"
+    return subprocess.run([python, "-c", script], capture_output=True, text=True, env=ENV, check=True,
+                          timeout=300).stdout.split()
+
+
+@pytest.fixture(scope="module")
+def faces():
+    """64 faces to predict: real PrivateTest faces where FER-2013 is configured, generated ones otherwise."""
+    from ferkit import data
+
+    path = os.environ.get(data.DATA_ENV)
+    if path and Path(path).exists():
+        images = data.load_fer2013(path, progress=False).split("PrivateTest").images[:64]
+    else:
+        from ferkit.sample import cartoon_faces
+
+        images = cartoon_faces(per_class_and_split=4, seed=3).images[:64]
+    return images[..., None].astype(np.float32)
+
+
+def test_saved_configs_leave_out_default_arguments_and_rebuild_the_same_model(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = build_model("vgg_small")
+    files = save_model(model, tmp_path / "m", ModelMeta(architecture="vgg_small"))
+    text = files["json"].read_text()
+    # Arguments recent Keras versions added, which older ones refuse; all at their defaults here.
+    for newer in ("input_axes", "output_axes", "renorm", "quantization_config", "lora_rank", "optional"):
+        assert f'"{newer}"' not in text, newer
+    assert '"padding": "same"' in text and '"use_bias": false' in text  # set on purpose, so kept
+    rebuilt, meta = load_model(tmp_path / "m")
+    assert json.loads(rebuilt.to_json()) == json.loads(model.to_json())
+    x = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 1)).astype(np.float32)
+    np.testing.assert_array_equal(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert meta.saved_with["keras"] == keras.__version__
+    for name in ("h5", "keras"):  # the config inside the other two files is the portable one too
+        loaded = keras.models.load_model(files[name], compile=False)
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_portable_config_keeps_what_a_class_cannot_rebuild_without():
+    # Rescaling reads "offset" straight from its config: dropping the default would break loading.
+    layer = keras.layers.Rescaling(1 / 255.0)
+    config = portable_config(keras.saving.serialize_keras_object(layer))
+    assert "offset" in config["config"]
+    assert keras.saving.deserialize_keras_object(config).get_config() == layer.get_config()
+
+
+@pytest.mark.skipif(not (ROOT / "fer.json").exists(), reason="no shipped model in this checkout")
+@pytest.mark.parametrize("python", compat_pythons())
+def test_shipped_model_predicts_identically_on_other_keras_versions(python, faces, tmp_path):
+    np.save(tmp_path / "faces.npy", faces)
+    stem = str(ROOT / "fer")
+    result = subprocess.run([python, "-c", PLAIN_KERAS, stem, str(tmp_path / "faces.npy"), str(tmp_path / "p.npy")],
+                            capture_output=True, text=True, env=ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = keras.models.model_from_json((ROOT / "fer.json").read_text())
+    model.load_weights(ROOT / "fer.h5")
+    here = model.predict(faces, verbose=0)
+    for name in ("p.npy", "p_keras.npy"):
+        there = np.load(tmp_path / name)
+        np.testing.assert_allclose(there, here, atol=1e-5, err_msg=f"{name} with Keras {result.stdout.strip()}")
+        np.testing.assert_array_equal(there.argmax(1), here.argmax(1))
+
+
+@pytest.mark.skipif(not (ROOT / "fer.json").exists(), reason="no shipped model in this checkout")
+@pytest.mark.parametrize("python", compat_pythons())
+def test_demo_runs_on_other_keras_versions(python, tmp_path):
+    versions = _versions(python)
+    result = subprocess.run([python, "-m", "ferkit", "demo", "--out", str(tmp_path)], capture_output=True, text=True,
+                            env=ENV, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, f"Keras/TF {versions}: {result.stderr[-3000:]}"
+    assert result.stdout.startswith("sample (skimage.data.astronaut): happy"), result.stdout
+    assert (tmp_path / "astronaut_annotated.jpg").exists()
+
+
+def test_too_old_keras_is_named_with_the_versions_needed(monkeypatch):
+    from ferkit import portable
+
+    monkeypatch.setattr(keras, "__version__", "3.2.1")
+    with pytest.raises(RuntimeError, match=r"Keras 3\.2\.1 \(needs 3\.4 or newer\)"):
+        portable.check_versions()
