@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ferkit import plots
+from ferkit.files import write_text
 from ferkit.data import FerDataset, select_classes
 from ferkit.model import ModelMeta, predict_probabilities
 
@@ -91,7 +92,7 @@ def write_results(metrics: dict, history: list[dict], results_dir: str | Path = 
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     files = {"metrics": results_dir / "metrics.json"}
-    files["metrics"].write_text(json.dumps({**metrics, **(extra or {})}, indent=2) + "\n")
+    write_text(files["metrics"], json.dumps({**metrics, **(extra or {})}, indent=2) + "\n")
     if "PrivateTest" in metrics:
         files["confusion_matrix"] = results_dir / "confusion_matrix.png"
         accuracy = metrics["PrivateTest"]["accuracy"]

@@ -13,6 +13,14 @@ import numpy as np
 from ferkit.data import SPLITS, FerDataset
 
 
+def save_figure(fig, path) -> None:
+    """Save a figure (format from the suffix) to a temporary file, renamed into place when complete."""
+    from ferkit.files import atomic_path
+
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=120)
+
+
 def _pyplot():
     import matplotlib
 
@@ -51,7 +59,7 @@ def plot_samples(data: FerDataset, per_class: int = 8, seed: int = 0, path: str 
         axes[row, 0].set_title(name, loc="left", fontsize=9)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path)
     return fig
 
 
@@ -71,7 +79,7 @@ def plot_class_balance(data: FerDataset, path: str | Path | None = None):
     ax.set_title("class balance (log scale)")
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path)
     return fig
 
 
@@ -94,7 +102,7 @@ def plot_confusion_matrix(matrix_normalized, class_names, path: str | Path | Non
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path)
     return fig
 
 
@@ -118,7 +126,7 @@ def plot_training_curves(history: list[dict], path: str | Path | None = None):
         ax.legend()
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path)
     return fig
 
 
@@ -143,5 +151,5 @@ def plot_prediction(result, path: str | Path | None = None):
         bars.tick_params(labelsize=8)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path)
     return fig
