@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ferkit import data, files
+from ferkit import data, files, portable
 
 _DATA_HELP = (f"FER-2013 as the Kaggle msambare/fer2013 zip, its extracted folder, fer2013.csv "
               f"or a ferkit .npz; defaults to ${data.DATA_ENV}")
@@ -453,35 +453,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_tensorflow() -> None:
-    """Start TensorFlow without its start-up chatter (oneDNN notes, a CUDA probe error on every CPU machine).
-
-    TensorFlow 2.19+ logs these through absl before any log level applies
-    (``TF_CPP_MIN_LOG_LEVEL`` no longer silences them), so the import and
-    its device set-up run with the process's stderr pointed at /dev/null.
-    Python errors are unaffected: they are raised after stderr is restored.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
-        return
-    import importlib.util
-
-    if importlib.util.find_spec("tensorflow") is None:
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow as tf
-
-        tf.config.list_logical_devices()  # device discovery logs the CUDA probe
-        import keras  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def _plain_warnings() -> None:
     """ferkit's own warnings (a .jpg holding PNG data) as one "warning: ..." line each, every time."""
     import warnings
@@ -507,8 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status: 0 done, 1 done but some inputs were skipped, 2 failed."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    if not args.verbose and args.command in _TENSORFLOW_COMMANDS:
-        quiet_tensorflow()
+    if args.verbose:
+        os.environ[portable.VERBOSE_ENV] = "1"
+    if args.command in _TENSORFLOW_COMMANDS:
+        portable.import_keras()
     args.argv = [a for a in argv if a != "--verbose"]  # recorded with a trained model
     _plain_warnings()
     try:

@@ -81,9 +81,7 @@ class ModelMeta:
 
 
 def _keras():
-    import keras
-
-    return keras
+    return portable.import_keras()
 
 
 def _conv_bn_relu(x, filters, kernel=3, name=None):

@@ -15,12 +15,51 @@ import copy
 import importlib
 import inspect
 import json
+import os
+import sys
 from functools import lru_cache
 
 #: The oldest pair ferkit's models are tested on (CI loads and runs the shipped model there).
 #: Keras 3.0-3.3 cannot rebuild an average's nested networks.
 MIN_KERAS = (3, 4)
 MIN_TENSORFLOW = (2, 16)
+
+
+#: Set to 1 to see TensorFlow's start-up logs (``python -m ferkit --verbose`` sets it).
+VERBOSE_ENV = "FERKIT_VERBOSE"
+
+
+def import_keras():
+    """Import Keras (and TensorFlow under it) without TensorFlow's start-up chatter; returns ``keras``.
+
+    TensorFlow 2.19+ logs oneDNN notes and, on every machine without a GPU,
+    a CUDA probe error through absl before any log level applies
+    (``TF_CPP_MIN_LOG_LEVEL`` no longer silences them), so the import and
+    device discovery run with the process's stderr pointed at /dev/null.
+    Python errors are unaffected: they are raised after stderr is restored.
+    Nothing is hidden once TensorFlow is loaded, or with ``FERKIT_VERBOSE=1``.
+    """
+    if "keras" not in sys.modules and os.environ.get(VERBOSE_ENV) != "1":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        try:
+            if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+                try:
+                    import tensorflow as tf
+                except ImportError:
+                    pass  # Keras says what is missing when it is imported below
+                else:
+                    tf.config.list_logical_devices()  # device discovery logs the CUDA probe
+            import keras  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+    import keras
+
+    return keras
 
 
 def _version(text: str) -> tuple[int, ...]:
