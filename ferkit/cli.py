@@ -273,6 +273,12 @@ def cmd_ensemble(args) -> None:
     print("saved " + ", ".join(str(p) for p in files.values()))
 
 
+def cmd_export(args) -> None:
+    from ferkit.export import export_onnx
+
+    print(export_onnx(args.model, args.out))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ferkit",
@@ -419,6 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--no-progress", action="store_true", help="no progress bar")
     ensemble.set_defaults(func=cmd_ensemble)
 
+    export = commands.add_parser(
+        "export", help="write a model as ONNX (MODEL.onnx beside MODEL.meta.json) for browsers and other runtimes",
+        description="Translate a saved model's layers into one ONNX graph (BatchNorm folded into the layer before "
+                    "it; an average becomes a Mean over its members). Input 'face' (N, 48, 48, 1) float32 pixels "
+                    "0-255, output 'probabilities' (N, classes), as in Keras; class names and crop settings stay "
+                    "in MODEL.meta.json.")
+    export.add_argument("model", nargs="?", help="model stem or .json/.h5 path (default: $FERKIT_MODEL, else fer)")
+    export.add_argument("--format", default="onnx", choices=["onnx"], help="output format (default: onnx)")
+    export.add_argument("--out", help="output file (default: MODEL.onnx beside the model)")
+    export.set_defaults(func=cmd_export)
+
     predict = commands.add_parser(
         "predict", help="find and classify faces in an image, a folder of images or a video",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -471,7 +488,7 @@ def _plain_warnings() -> None:
     warnings.showwarning = show
 
 
-_TENSORFLOW_COMMANDS = ("train", "evaluate", "ensemble", "predict", "demo")
+_TENSORFLOW_COMMANDS = ("train", "evaluate", "ensemble", "predict", "demo", "export")
 
 
 def main(argv: list[str] | None = None) -> int:
