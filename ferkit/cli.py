@@ -279,6 +279,19 @@ def cmd_export(args) -> None:
     print(export_onnx(args.model, args.out))
 
 
+def cmd_serve(args) -> None:
+    from ferkit.server import serve
+
+    serve(args.host, args.port, args.model, open_browser=not args.no_browser)
+
+
+def cmd_export_web(args) -> None:
+    from ferkit.server import write_static_site
+
+    folder = write_static_site(args.folder, args.model)
+    _note(f"wrote the static site to {folder}/; try: python -m http.server -d {folder}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ferkit",
@@ -436,6 +449,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="output file (default: MODEL.onnx beside the model)")
     export.set_defaults(func=cmd_export)
 
+    serve = commands.add_parser(
+        "serve", help="the web page: live webcam, photos and videos in the browser, the model running in the page",
+        description="Start a local web app and open it in the browser. Live and Photo views run face detection and "
+                    "classification in the page (ONNX Runtime Web): no frame leaves the browser. The Video view "
+                    "uploads a video to this server, which annotates it with ferkit's video pipeline.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine "
+                                                          "only; 0.0.0.0 opens it to the network, with a warning)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--model", action="append", metavar="MODEL",
+                       help="a model to offer (repeatable; default: fer, and fer_lite where it exists)")
+    serve.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    serve.set_defaults(func=cmd_serve)
+
+    export_web = commands.add_parser(
+        "export-web", help="write the page with its models as a static site (Live and Photo views)",
+        description="Write a self-contained folder (HTML, JavaScript, WASM, models) that works from any static host, "
+                    "e.g. `python -m http.server -d DIR`. Without cross-origin isolation headers the page runs "
+                    "ONNX Runtime on one thread.")
+    export_web.add_argument("folder", help="a new or empty folder")
+    export_web.add_argument("--model", action="append", metavar="MODEL", help="a model to include (repeatable)")
+    export_web.set_defaults(func=cmd_export_web)
+
     predict = commands.add_parser(
         "predict", help="find and classify faces in an image, a folder of images or a video",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -488,7 +523,7 @@ def _plain_warnings() -> None:
     warnings.showwarning = show
 
 
-_TENSORFLOW_COMMANDS = ("train", "evaluate", "ensemble", "predict", "demo", "export")
+_TENSORFLOW_COMMANDS = ("train", "evaluate", "ensemble", "predict", "demo", "export", "serve", "export-web")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -153,3 +153,28 @@ def plot_prediction(result, path: str | Path | None = None):
     if path is not None:
         save_figure(fig, path)
     return fig
+
+
+def plot_emotion_timeline(table, path: str | Path | None = None):
+    """Each class's probability over a video's time, one panel per tracked face (``predict_video``'s table)."""
+    plt = _pyplot()
+    classes = [c[2:] for c in table.columns if c.startswith("p_")]
+    ids = sorted(table["face_id"].unique()) if len(table) else []
+    shown = ids[:4]
+    fig, axes = plt.subplots(max(1, len(shown)), 1, figsize=(8, 2.2 * max(1, len(shown))), squeeze=False, sharex=True)
+    for ax, face_id in zip(axes[:, 0], shown):
+        rows = table[table["face_id"] == face_id]
+        for name in classes:
+            ax.plot(rows["time"], rows[f"p_{name}"], label=name, linewidth=1.2)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"face {face_id}", fontsize=9)
+    if not shown:
+        axes[0, 0].text(0.5, 0.5, "no face found in the video", ha="center", va="center")
+    else:
+        axes[0, 0].legend(ncol=len(classes), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 1.35))
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+

@@ -155,7 +155,8 @@ class Predictor:
                               {n: float(p) for n, p in zip(self.class_names, probabilities)}, face_id)
 
     def predict_video(self, source: str | Path, output: str | Path | None = None, stride: int = 1,
-                      smoothing: float = 0.6, progress: bool = True, max_frames: int | None = MAX_VIDEO_FRAMES):
+                      smoothing: float = 0.6, progress: bool = True, max_frames: int | None = MAX_VIDEO_FRAMES,
+                      on_progress=None):
         """Classify faces through a video; returns a pandas DataFrame with one row per face per analysed frame.
 
         Faces are tracked across frames (stable ``face_id``: each detection joins
@@ -165,7 +166,9 @@ class Predictor:
         ``out.mp4``) gets every frame, annotated with the latest result, and
         appears only once the whole video is written. Videos longer than
         ``max_frames`` (default one hour at 30 fps) are refused; frames over
-        ``max_pixels`` too.
+        ``max_pixels`` too. ``on_progress(frames_done, frames_total or None)``
+        is called after every frame; an exception it raises stops the run
+        (the web app's Cancel), leaving no output behind.
         """
         import cv2
 
@@ -224,6 +227,8 @@ class Predictor:
                                      "(or --max-frames) to allow it, or cut the video")
                 if bar is not None:
                     bar.update(1)
+                if on_progress is not None:
+                    on_progress(index, total)
             if index == 0:
                 raise ImageError(f"{source}: no frame could be decoded (empty video or unsupported codec)")
             if writer is not None:
@@ -259,7 +264,9 @@ def _open_video_writer(output: Path, fps: float, width: int, height: int):
     output.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=f".tmp{output.suffix}", dir=output.parent)
     os.close(handle)
-    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if output.suffix.lower() == ".mp4" else "MJPG"))
+    # MPEG-4 for .mp4 (what players expect); VP8 for .webm, which browsers play (OpenCV's wheels have no H.264).
+    codec = {".mp4": "mp4v", ".webm": "VP80"}.get(output.suffix.lower(), "MJPG")
+    fourcc = cv2.VideoWriter_fourcc(*codec)
     writer = cv2.VideoWriter(temporary, fourcc, fps, (width, height))
     if not writer.isOpened():
         Path(temporary).unlink(missing_ok=True)

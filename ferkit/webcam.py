@@ -41,154 +41,17 @@ class WebcamError(RuntimeError):
     """The camera could not deliver an image; the message says why."""
 
 
-CAMERA_JS = r"""
-function ferkitExplain(error) {
-  const name = (error && error.name) || "";
-  if (name === "NotAllowedError" || name === "SecurityError") return "permission to use the camera was denied";
-  if (name === "NotFoundError" || name === "OverconstrainedError") return "no camera found";
-  if (name === "NotReadableError") return "the camera is in use by another program";
-  return String((error && error.message) || error);
-}
+#: The browser side lives in ferkit/web/*.js, one source for the notebook widget, Colab and the web page.
+WEB_ASSETS = Path(__file__).parent / "web"
 
-async function ferkitOpenCamera(root, width) {
-  if (!window.isSecureContext) throw new Error("insecure context: the page must be served over https or from localhost");
-  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw new Error("this browser has no camera API");
-  const stream = await navigator.mediaDevices.getUserMedia({video: {width: {ideal: width}}});
-  const box = document.createElement("div");
-  box.style.position = "relative";
-  box.style.display = "inline-block";
-  const video = document.createElement("video");
-  video.srcObject = stream;
-  video.muted = true;
-  video.playsInline = true;
-  box.appendChild(video);
-  root.appendChild(box);
-  await video.play();
-  return {stream, box, video};
-}
 
-function ferkitFrame(video, maxWidth, quality) {
-  const scale = Math.min(1, maxWidth / video.videoWidth);
-  const canvas = document.createElement("canvas");
-  canvas.width = Math.round(video.videoWidth * scale);
-  canvas.height = Math.round(video.videoHeight * scale);
-  canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
-  return canvas.toDataURL("image/jpeg", quality);
-}
+def _web_asset(name: str) -> str:
+    return (WEB_ASSETS / name).read_text(encoding="utf-8")
 
-function ferkitClose(camera, root) {
-  if (camera) camera.stream.getTracks().forEach((track) => track.stop());
-  if (root && root.parentNode) root.remove();
-}
 
-// Snapshot: live preview, Capture and Cancel buttons. Resolves to a JPEG data
-// URL, or to "error:<reason>" (never rejects, so every caller gets a message).
-async function ferkitTakePhoto(parent, quality, timeoutMs) {
-  const root = document.createElement("div");
-  (parent || document.body).appendChild(root);
-  let camera = null;
-  try {
-    camera = await ferkitOpenCamera(root, 1280);
-    const capture = document.createElement("button");
-    capture.textContent = "Capture";
-    const cancel = document.createElement("button");
-    cancel.textContent = "Cancel";
-    root.appendChild(capture);
-    root.appendChild(cancel);
-    return await new Promise((resolve) => {
-      const timer = setTimeout(() => resolve("error:timed out after " + timeoutMs / 1000 + " s without a capture"), timeoutMs);
-      capture.onclick = () => { clearTimeout(timer); resolve(ferkitFrame(camera.video, 1280, quality)); };
-      cancel.onclick = () => { clearTimeout(timer); resolve("error:the preview was closed by the user"); };
-    });
-  } catch (error) {
-    return "error:" + ferkitExplain(error);
-  } finally {
-    ferkitClose(camera, root);
-  }
-}
+CAMERA_JS = _web_asset("camera.js")
 
-// Live overlay: draws boxes and labels from the kernel over the video.
-function ferkitDrawOverlay(canvas, video, faces, fps) {
-  canvas.width = video.videoWidth;
-  canvas.height = video.videoHeight;
-  const context = canvas.getContext("2d");
-  context.clearRect(0, 0, canvas.width, canvas.height);
-  const unit = Math.max(canvas.width, canvas.height) / 640;
-  context.lineWidth = Math.max(1, 2 * unit);
-  context.font = Math.round(16 * unit) + "px sans-serif";
-  for (const face of faces) {
-    const [x, y, w, h] = face.box.map((v) => v * face.scale);
-    context.strokeStyle = face.color;
-    context.fillStyle = face.color;
-    context.strokeRect(x, y, w, h);
-    context.fillText(face.text, x, Math.max(16 * unit, y - 4 * unit));
-  }
-  context.fillStyle = "yellow";
-  context.fillText(fps.toFixed(1) + " FPS", 8 * unit, canvas.height - 8 * unit);
-}
-"""
-
-_WIDGET_ESM = CAMERA_JS + r"""
-function render({model, el}) {
-  if (model.get("mode") === "snapshot") {
-    ferkitTakePhoto(el, model.get("quality"), model.get("timeout_ms")).then((result) => {
-      if (result.startsWith("error:")) model.set("error", result.slice(6));
-      else model.set("frame", result);
-      model.save_changes();
-    });
-    return;
-  }
-  // Live: send a small frame, wait for the kernel's faces, draw, repeat. Only one
-  // frame is ever in flight, so a slow model drops frames instead of queueing them.
-  let camera = null, running = true, results = [], lastFps = 0;
-  const root = document.createElement("div");
-  el.appendChild(root);
-  const stop = document.createElement("button");
-  stop.textContent = "Stop";
-  const readout = document.createElement("span");
-  readout.className = "ferkit-fps";
-  readout.style.marginLeft = "1em";
-  const send = () => {
-    if (!running) return;
-    // The FPS travels with each frame: the kernel's copy of it is what Python reads.
-    model.send({type: "frame", data: ferkitFrame(camera.video, model.get("frame_width"), 0.7),
-                width: camera.video.videoWidth, fps: lastFps});
-  };
-  model.on("msg:custom", (message) => {
-    if (message.type !== "faces" || !running) return;
-    results.push(performance.now());
-    results = results.filter((t) => t > performance.now() - 3000);
-    const fps = results.length > 1 ? (results.length - 1) / ((results[results.length - 1] - results[0]) / 1000) : 0;
-    ferkitDrawOverlay(overlay, camera.video, message.faces, fps);
-    readout.textContent = fps.toFixed(1) + " FPS";
-    lastFps = fps;
-    send();
-  });
-  let overlay = document.createElement("canvas");
-  stop.onclick = () => {
-    running = false;
-    ferkitClose(camera, null);
-    model.set("running", false);
-    model.save_changes();
-  };
-  ferkitOpenCamera(root, 640).then((opened) => {
-    camera = opened;
-    overlay.style.position = "absolute";
-    overlay.style.left = "0";
-    overlay.style.top = "0";
-    overlay.style.width = "100%";
-    overlay.style.height = "100%";
-    camera.box.appendChild(overlay);
-    root.appendChild(stop);
-    root.appendChild(readout);
-    model.set("running", true);
-    model.save_changes();
-    send();
-  }).catch((error) => { model.set("error", ferkitExplain(error)); model.save_changes(); });
-  return () => { running = false; ferkitClose(camera, null); };
-}
-export default { render };
-"""
+_WIDGET_ESM = CAMERA_JS + _web_asset("widget.js")
 
 
 def _widget_class():
@@ -451,32 +314,7 @@ def _live_from_file(predictor, source: Path, frame_width: int, max_frames: int |
     return {"frames": len(frames), "fps": len(frames) / elapsed if elapsed else float("inf"), "labels": labels}
 
 
-_COLAB_STREAM_JS = CAMERA_JS + r"""
-async function ferkitStream(facesJson, width) {
-  if (!window.ferkitLive) {
-    const root = document.createElement("div");
-    document.body.appendChild(root);
-    try { window.ferkitLive = {camera: await ferkitOpenCamera(root, 640), root, stop: false, times: []}; }
-    catch (error) { root.remove(); return "error:" + ferkitExplain(error); }
-    const stop = document.createElement("button");
-    stop.textContent = "Stop";
-    stop.onclick = () => { window.ferkitLive.stop = true; };
-    root.appendChild(stop);
-    const overlay = document.createElement("canvas");
-    overlay.style.position = "absolute"; overlay.style.left = "0"; overlay.style.top = "0";
-    overlay.style.width = "100%"; overlay.style.height = "100%";
-    window.ferkitLive.camera.box.appendChild(overlay);
-    window.ferkitLive.overlay = overlay;
-  }
-  const live = window.ferkitLive;
-  if (live.stop) { ferkitClose(live.camera, live.root); window.ferkitLive = null; return "stop"; }
-  live.times.push(performance.now());
-  live.times = live.times.filter((t) => t > performance.now() - 3000);
-  const fps = live.times.length > 1 ? (live.times.length - 1) / ((live.times[live.times.length - 1] - live.times[0]) / 1000) : 0;
-  ferkitDrawOverlay(live.overlay, live.camera.video, JSON.parse(facesJson), fps);
-  return JSON.stringify({frame: ferkitFrame(live.camera.video, width, 0.7), width: live.camera.video.videoWidth});
-}
-"""
+_COLAB_STREAM_JS = CAMERA_JS + _web_asset("colab_live.js")
 
 
 def _live_colab(predictor, frame_width: int, max_frames: int | None):

@@ -1,0 +1,324 @@
+// The ferkit page: Live (webcam), Photo and Video views over one in-page pipeline (pipeline.js).
+//
+// Scripting hook: window.ferkitState = {fps, latencyMs, model, faces: [{box, label, score, probabilities}]},
+// updated on every analysed frame and photo, plus `ready` once the models are loaded and `error` if a step fails.
+import { Pipeline } from "./pipeline.js";
+
+const $ = (id) => document.getElementById(id);
+const state = (window.ferkitState = { ready: false, fps: 0, latencyMs: {}, model: null, faces: [], error: null, threads: 1 });
+let index = null;
+let pipeline = null;
+
+function setStatus(text) { $("status").textContent = text; }
+
+function fail(error) {
+  state.error = String((error && error.message) || error);
+  setStatus("error: " + state.error);
+  console.error(error);
+}
+
+function publish(faces, latencyMs, fps) {
+  state.faces = faces.map(({ box, label, score, probabilities }) => ({ box, label, score, probabilities }));
+  state.latencyMs = latencyMs;
+  if (fps !== undefined) state.fps = fps;
+}
+
+// ---------------------------------------------------------------- models
+
+async function loadModels() {
+  index = await (await fetch("models/index.json")).json();
+  const threads = Number(new URLSearchParams(location.search).get("threads") || 0);
+  ort.env.wasm.wasmPaths = new URL("vendor/onnxruntime-web/", location.href).href;
+  // Threads need cross-origin isolation (SharedArrayBuffer); a plain static host gets one thread.
+  state.threads = crossOriginIsolated ? threads || Math.min(2, navigator.hardwareConcurrency || 1) : 1;
+  ort.env.wasm.numThreads = state.threads;
+  const select = $("model");
+  for (const entry of index.models) select.add(new Option(entry.name, entry.name));
+  select.onchange = () => useModel(select.value).catch(fail);
+  await useModel(index.models[0].name);
+}
+
+function describe(entry) {
+  const parts = [entry.architecture, `${(entry.parameters / 1e6).toFixed(1)}M parameters`, `${entry.onnx_megabytes} MB`];
+  if (entry.accuracy && entry.accuracy.PrivateTest) parts.push(`PrivateTest ${(100 * entry.accuracy.PrivateTest).toFixed(1)}%`);
+  return parts.join(" · ");
+}
+
+async function useModel(name) {
+  const entry = index.models.find((m) => m.name === name);
+  setStatus(`loading ${name}…`);
+  state.ready = false;
+  pipeline = await Pipeline.create(ort, { detectorUrl: index.detector.url, modelUrl: entry.url, meta: entry,
+                                          minFaceScore: index.detector.min_face_score });
+  state.model = name;
+  state.ready = true;
+  $("model-info").textContent = describe(entry);
+  setStatus(`ready · WASM, ${state.threads} thread${state.threads > 1 ? "s" : ""}`);
+}
+
+// ---------------------------------------------------------------- drawing
+
+function drawFaces(context, faces, scale = 1) {
+  const unit = Math.max(context.canvas.width, context.canvas.height) / 640;
+  context.lineWidth = Math.max(1, Math.round(2 * unit));
+  context.font = `${Math.max(12, Math.round(16 * unit))}px sans-serif`;
+  for (const face of faces) {
+    const [x, y, w, h] = face.box.map((v) => v * scale);
+    const color = index.colors[face.label] || "rgb(160,160,160)";
+    const text = `${face.label} ${Math.round(100 * face.score)}%`;
+    context.strokeStyle = color;
+    context.strokeRect(x, y, w, h);
+    const textWidth = context.measureText(text).width, textHeight = Math.max(12, 16 * unit);
+    const top = y - textHeight - 4 * unit < 0 ? y : y - textHeight - 4 * unit;
+    context.fillStyle = color;
+    context.fillRect(x, top, textWidth + 4 * unit, textHeight + 4 * unit);
+    context.fillStyle = "#000";
+    context.fillText(text, x + 2 * unit, top + textHeight);
+  }
+}
+
+function drawBars(container, faces) {
+  container.replaceChildren(...faces.map((face, i) => {
+    const block = document.createElement("div");
+    block.className = "face-bars";
+    block.innerHTML = `<strong>face ${face.id ?? i}: ${face.label} ${Math.round(100 * face.score)}%</strong>`;
+    for (const [name, p] of Object.entries(face.probabilities)) {
+      const row = document.createElement("div");
+      row.className = "bar" + (name === face.label ? " best" : "");
+      row.innerHTML = `<span>${name}</span><span class="fill" style="width:${(200 * p).toFixed(0)}px"></span><span>${p.toFixed(2)}</span>`;
+      block.appendChild(row);
+    }
+    return block;
+  }));
+}
+
+function download(blob, name) {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = name;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+const jsonBlob = (value) => new Blob([JSON.stringify(value, null, 2)], { type: "application/json" });
+
+// ---------------------------------------------------------------- live
+
+// Tracks faces across frames by box overlap (as ferkit.prediction's video tracker) and keeps a short history.
+class Tracker {
+  constructor() { this.tracks = []; this.next = 0; }
+  static iou(a, b) {
+    const w = Math.max(0, Math.min(a[0] + a[2], b[0] + b[2]) - Math.max(a[0], b[0]));
+    const h = Math.max(0, Math.min(a[1] + a[3], b[1] + b[3]) - Math.max(a[1], b[1]));
+    return (w * h) / (a[2] * a[3] + b[2] * b[3] - w * h || 1);
+  }
+  update(faces, now) {
+    const free = new Set(this.tracks);
+    for (const face of faces) {
+      let best = null, bestOverlap = 0.3;
+      for (const track of free) {
+        const overlap = Tracker.iou(track.box, face.box);
+        if (overlap > bestOverlap) { best = track; bestOverlap = overlap; }
+      }
+      if (!best) { best = { id: this.next++, history: [] }; this.tracks.push(best); }
+      free.delete(best);
+      best.box = face.box;
+      best.seen = now;
+      best.history.push([now, face.probabilities]);
+      best.history = best.history.filter(([t]) => t > now - 30000);
+      face.id = best.id;
+    }
+    this.tracks = this.tracks.filter((track) => now - track.seen < 2000);
+  }
+}
+
+function drawTimeline(canvas, track) {
+  const context = canvas.getContext("2d");
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  context.font = "11px sans-serif";
+  if (!track || track.history.length < 2) { context.fillStyle = "#888"; context.fillText("emotion over time appears here", 8, 20); return; }
+  const [start] = track.history[0], end = track.history[track.history.length - 1][0], span = Math.max(1, end - start);
+  Object.keys(track.history[0][1]).forEach((name, k) => {
+    context.strokeStyle = index.colors[name] || "#888";
+    context.beginPath();
+    track.history.forEach(([t, p], i) => {
+      const x = ((t - start) / span) * (canvas.width - 70), y = canvas.height - 10 - p[name] * (canvas.height - 20);
+      i ? context.lineTo(x, y) : context.moveTo(x, y);
+    });
+    context.stroke();
+    context.fillStyle = context.strokeStyle;
+    context.fillText(name, canvas.width - 65, 12 + 13 * k);
+  });
+}
+
+const live = { camera: null, running: false, overlay: null, grab: null, times: [], tracker: new Tracker() };
+
+async function startLive() {
+  if (live.running) return;
+  const stage = $("live-stage");
+  live.camera = await ferkitOpenCamera(stage, 640);
+  live.overlay = document.createElement("canvas");
+  live.camera.box.appendChild(live.overlay);
+  live.grab = document.createElement("canvas");
+  live.running = true;
+  $("live-start").disabled = true;
+  $("live-stop").disabled = $("live-snapshot").disabled = false;
+  requestAnimationFrame(liveStep);
+}
+
+function stopLive() {
+  live.running = false;
+  ferkitClose(live.camera, null);
+  $("live-stage").replaceChildren();
+  $("live-start").disabled = false;
+  $("live-stop").disabled = $("live-snapshot").disabled = true;
+}
+
+async function liveStep() {
+  if (!live.running || !pipeline) return;
+  const video = live.camera.video;
+  if (video.readyState >= 2 && video.videoWidth) {
+    try {
+      const t0 = performance.now();
+      live.grab.width = video.videoWidth;
+      live.grab.height = video.videoHeight;
+      const grabContext = live.grab.getContext("2d", { willReadFrequently: true });
+      grabContext.drawImage(video, 0, 0);
+      const frame = grabContext.getImageData(0, 0, live.grab.width, live.grab.height);
+      const t1 = performance.now();
+      const { faces, timings } = await pipeline.analyse(frame);
+      const t2 = performance.now();
+      live.tracker.update(faces, t2);
+      live.overlay.width = frame.width;
+      live.overlay.height = frame.height;
+      drawFaces(live.overlay.getContext("2d"), faces);
+      drawBars($("live-bars"), faces);
+      drawTimeline($("live-timeline"), live.tracker.tracks[0]);
+      const t3 = performance.now();
+      live.times.push(t3);
+      live.times = live.times.filter((t) => t > t3 - 3000);
+      const fps = live.times.length > 1 ? (live.times.length - 1) / ((t3 - live.times[0]) / 1000) : 0;
+      const latencyMs = { frame: t1 - t0, ...timings, drawing: t3 - t2, total: t3 - t0 };
+      publish(faces, latencyMs, fps);
+      $("live-readout").textContent = `${fps.toFixed(1)} FPS · ` + Object.entries(latencyMs).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ");
+    } catch (error) {
+      fail(error);
+    }
+  }
+  requestAnimationFrame(liveStep);
+}
+
+function snapshot() {
+  const canvas = document.createElement("canvas");
+  canvas.width = live.grab.width;
+  canvas.height = live.grab.height;
+  const context = canvas.getContext("2d");
+  context.drawImage(live.camera.video, 0, 0);
+  context.drawImage(live.overlay, 0, 0);
+  const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+  canvas.toBlob((blob) => download(blob, `ferkit-${stamp}.png`), "image/png");
+  download(jsonBlob({ model: state.model, time: stamp, faces: state.faces }), `ferkit-${stamp}.json`);
+}
+
+// ---------------------------------------------------------------- photo
+
+let photoResult = null;
+
+async function analysePhoto(file) {
+  if (!file || !file.type.startsWith("image/")) { $("photo-readout").textContent = `${file ? file.name : "that"}: not an image`; return; }
+  const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+  const canvas = $("photo-canvas");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(bitmap, 0, 0);
+  const frame = context.getImageData(0, 0, canvas.width, canvas.height);
+  const started = performance.now();
+  const { faces, timings } = await pipeline.analyse(frame);
+  publish(faces, { ...timings, total: performance.now() - started });
+  drawFaces(context, faces);
+  photoResult = { file: file.name, model: state.model, faces: state.faces };
+  $("photo-readout").textContent = faces.length ? `${file.name}: ${faces.map((f) => `${f.label} ${Math.round(100 * f.score)}%`).join(", ")}` : `${file.name}: no face found`;
+  const names = faces.length ? Object.keys(faces[0].probabilities) : [];
+  $("photo-table").innerHTML = faces.length ? `<tr><th>face</th><th>box (x, y, w, h)</th><th>label</th><th>score</th>${names.map((n) => `<th>${n}</th>`).join("")}</tr>` +
+    faces.map((f, i) => `<tr><td>${i}</td><td>${f.box.join(", ")}</td><td>${f.label}</td><td>${f.score.toFixed(3)}</td>${names.map((n) => `<td>${f.probabilities[n].toFixed(3)}</td>`).join("")}</tr>`).join("") : "";
+  $("photo-png").disabled = $("photo-json").disabled = false;
+}
+
+function photoInput(file) { analysePhoto(file).catch(fail); }
+
+// ---------------------------------------------------------------- video (server side)
+
+const videoJob = { id: null, timer: null };
+
+async function uploadVideo(file) {
+  $("video-readout").textContent = `uploading ${file.name}…`;
+  for (const id of ["video-result", "video-links", "video-plot"]) $(id).hidden = true;
+  const response = await fetch("api/videos", { method: "POST", body: file, headers: { "X-Filename": file.name } });
+  const reply = await response.json();
+  if (!response.ok) { $("video-readout").textContent = `${response.status}: ${reply.error}`; return; }
+  videoJob.id = reply.id;
+  $("video-cancel").disabled = false;
+  $("video-progress").hidden = false;
+  videoJob.timer = setInterval(() => pollVideo().catch(fail), 400);
+}
+
+async function pollVideo() {
+  const job = await (await fetch(`api/videos/${videoJob.id}`)).json();
+  const progress = $("video-progress");
+  progress.max = job.frames_total || 1;
+  progress.value = job.frames_done;
+  $("video-readout").textContent = `${job.file}: ${job.status}, frame ${job.frames_done}${job.frames_total ? " of " + job.frames_total : ""}` + (job.error ? ` (${job.error})` : "");
+  if (["done", "failed", "cancelled"].includes(job.status)) {
+    clearInterval(videoJob.timer);
+    $("video-cancel").disabled = true;
+    progress.hidden = true;
+    if (job.status === "done") {
+      const base = `api/videos/${job.id}/`;
+      $("video-result").src = base + "video.webm";
+      $("video-download").href = base + "video.webm";
+      $("video-csv").href = base + "faces.csv";
+      $("video-plot").src = base + "timeline.png";
+      for (const id of ["video-result", "video-links", "video-plot"]) $(id).hidden = false;
+    }
+  }
+}
+
+async function cancelVideo() {
+  if (videoJob.id) await fetch(`api/videos/${videoJob.id}`, { method: "DELETE" });
+}
+
+// ---------------------------------------------------------------- wiring
+
+function showView(name) {
+  for (const button of document.querySelectorAll("nav button")) button.classList.toggle("active", button.dataset.view === name);
+  for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== name;
+}
+
+async function main() {
+  for (const button of document.querySelectorAll("nav button")) button.onclick = () => showView(button.dataset.view);
+  $("live-start").onclick = () => startLive().catch((error) => fail(ferkitExplain(error)));
+  $("live-stop").onclick = stopLive;
+  $("live-snapshot").onclick = snapshot;
+  $("photo-file").onchange = (event) => photoInput(event.target.files[0]);
+  const drop = $("photo-drop");
+  drop.ondragover = (event) => { event.preventDefault(); drop.classList.add("over"); };
+  drop.ondragleave = () => drop.classList.remove("over");
+  drop.ondrop = (event) => { event.preventDefault(); drop.classList.remove("over"); photoInput(event.dataTransfer.files[0]); };
+  document.addEventListener("paste", (event) => {
+    const item = [...event.clipboardData.items].find((i) => i.type.startsWith("image/"));
+    if (item) { showView("photo"); photoInput(item.getAsFile()); }
+  });
+  $("photo-png").onclick = () => $("photo-canvas").toBlob((blob) => download(blob, "ferkit-photo.png"), "image/png");
+  $("photo-json").onclick = () => download(jsonBlob(photoResult), "ferkit-photo.json");
+  $("video-file").onchange = (event) => uploadVideo(event.target.files[0]).catch(fail);
+  $("video-cancel").onclick = () => cancelVideo().catch(fail);
+  const server = await fetch("api/health").then((r) => r.ok).catch(() => false);
+  if (!server) $("video-tab").hidden = true;  // a static host: Live and Photo only
+  await loadModels();
+  // Live starts by itself where the camera permission is already granted.
+  const permission = await navigator.permissions?.query({ name: "camera" }).catch(() => null);
+  if (permission && permission.state === "granted") startLive().catch((error) => fail(ferkitExplain(error)));
+}
+
+main().catch(fail);

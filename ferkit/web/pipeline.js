@@ -1,0 +1,226 @@
+// The photo pipeline in the page, step for step as ferkit's Python path does it
+// (ferkit/faces.py and ferkit/prediction.py), so the page and Predictor give the same answers:
+//
+//   RGBA frame -> YuNet on BGR, padded to a multiple of 32 (OpenCV's FaceDetectorYN decoding and NMS)
+//   -> boxes rounded half to even, clipped, sorted left to right
+//   -> grayscale with OpenCV's fixed-point weights -> square crop with the model's face_margin, edges
+//   repeated -> resize to 48x48 (area averaging when shrinking, bilinear when enlarging)
+//   -> the classifier's ONNX graph -> probabilities.
+//
+// Everything runs in ONNX Runtime Web; no frame leaves the browser.
+
+const YUNET = { scoreThreshold: 0.5, nmsThreshold: 0.3, topK: 5000, strides: [8, 16, 32] };
+// ferkit.faces.DETECT_MAX_PIXELS: larger frames are searched on a copy scaled down to this many pixels.
+const DETECT_MAX_PIXELS = 1280 * 960;
+
+export function roundHalfEven(value) {
+  const floor = Math.floor(value);
+  const diff = value - floor;
+  if (diff > 0.5) return floor + 1;
+  if (diff < 0.5) return floor;
+  return floor % 2 === 0 ? floor : floor + 1;
+}
+
+// RGBA ImageData -> the detector's input: planar B, G, R float32 (1, 3, H', W'), zero-padded to multiples of 32.
+function detectorInput(image) {
+  const { width, height, data } = image;
+  const paddedW = Math.ceil(width / 32) * 32, paddedH = Math.ceil(height / 32) * 32;
+  const plane = paddedW * paddedH;
+  const blob = new Float32Array(3 * plane);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = (y * width + x) * 4, o = y * paddedW + x;
+      blob[o] = data[i + 2];
+      blob[plane + o] = data[i + 1];
+      blob[2 * plane + o] = data[i];
+    }
+  }
+  return { blob, paddedW, paddedH };
+}
+
+function iou(a, b) {
+  const x1 = Math.max(a[0], b[0]), y1 = Math.max(a[1], b[1]);
+  const x2 = Math.min(a[0] + a[2], b[0] + b[2]), y2 = Math.min(a[1] + a[3], b[1] + b[3]);
+  const inter = Math.max(0, x2 - x1) * Math.max(0, y2 - y1);
+  return inter / (a[2] * a[3] + b[2] * b[3] - inter);
+}
+
+// YuNet's outputs -> [{box: [x, y, w, h] floats, score, landmarks}] after NMS, as cv::FaceDetectorYN decodes them.
+export function decodeYunet(outputs, paddedW, paddedH) {
+  const candidates = [];
+  for (const stride of YUNET.strides) {
+    const cols = paddedW / stride, rows = paddedH / stride;
+    const cls = outputs["cls_" + stride].data, obj = outputs["obj_" + stride].data;
+    const bbox = outputs["bbox_" + stride].data, kps = outputs["kps_" + stride].data;
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) {
+        const i = r * cols + c;
+        const score = Math.sqrt(Math.min(Math.max(cls[i], 0), 1) * Math.min(Math.max(obj[i], 0), 1));
+        if (score < YUNET.scoreThreshold) continue;
+        const cx = (c + bbox[i * 4]) * stride, cy = (r + bbox[i * 4 + 1]) * stride;
+        const w = Math.exp(bbox[i * 4 + 2]) * stride, h = Math.exp(bbox[i * 4 + 3]) * stride;
+        const landmarks = [];
+        for (let n = 0; n < 5; n++) landmarks.push([(kps[i * 10 + 2 * n] + c) * stride, (kps[i * 10 + 2 * n + 1] + r) * stride]);
+        candidates.push({ box: [cx - w / 2, cy - h / 2, w, h], score, landmarks });
+      }
+    }
+  }
+  candidates.sort((a, b) => b.score - a.score);
+  const kept = [];
+  for (const candidate of candidates.slice(0, YUNET.topK)) {
+    if (kept.every((k) => iou(k.box, candidate.box) <= YUNET.nmsThreshold)) kept.push(candidate);
+  }
+  return kept;
+}
+
+// Grayscale as cv2.COLOR_BGR2GRAY computes it for uint8: fixed-point ITU-R 601 weights.
+export function toGray(image) {
+  const { width, height, data } = image;
+  const gray = new Uint8Array(width * height);
+  for (let p = 0, i = 0; p < gray.length; p++, i += 4) {
+    gray[p] = (data[i] * 4899 + data[i + 1] * 9617 + data[i + 2] * 1868 + 8192) >> 14;
+  }
+  return { width, height, data: gray };
+}
+
+function clampIndex(v, n) { return v < 0 ? 0 : v >= n ? n - 1 : v; }
+
+// cv2.resize(..., INTER_AREA) for shrinking: each output pixel averages the source area it covers.
+function resizeArea(src, sw, sh, dw, dh) {
+  const out = new Uint8Array(dw * dh);
+  const sx = sw / dw, sy = sh / dh;
+  const weights = (start, scale, n) => {
+    const begin = start * scale, end = begin + scale, cells = [];
+    for (let s = Math.floor(begin); s < Math.ceil(end - 1e-9); s++) {
+      const w = Math.min(end, s + 1) - Math.max(begin, s);
+      if (w > 1e-9) cells.push([clampIndex(s, n), w]);
+    }
+    return cells;
+  };
+  const columns = Array.from({ length: dw }, (_, x) => weights(x, sx, sw));
+  for (let y = 0; y < dh; y++) {
+    const rowCells = weights(y, sy, sh);
+    for (let x = 0; x < dw; x++) {
+      let sum = 0;
+      for (const [row, wy] of rowCells) {
+        const base = row * sw;
+        for (const [col, wx] of columns[x]) sum += src[base + col] * wx * wy;
+      }
+      out[y * dw + x] = Math.min(255, Math.max(0, roundHalfEven(sum / (sx * sy))));
+    }
+  }
+  return out;
+}
+
+// cv2.resize(..., INTER_LINEAR) for enlarging: pixel centres aligned, edges clamped.
+function resizeLinear(src, sw, sh, dw, dh) {
+  const out = new Uint8Array(dw * dh);
+  const sx = sw / dw, sy = sh / dh;
+  for (let y = 0; y < dh; y++) {
+    let fy = (y + 0.5) * sy - 0.5;
+    const y0 = Math.floor(fy);
+    fy -= y0;
+    const ya = clampIndex(y0, sh), yb = clampIndex(y0 + 1, sh);
+    for (let x = 0; x < dw; x++) {
+      let fx = (x + 0.5) * sx - 0.5;
+      const x0 = Math.floor(fx);
+      fx -= x0;
+      const xa = clampIndex(x0, sw), xb = clampIndex(x0 + 1, sw);
+      const top = src[ya * sw + xa] * (1 - fx) + src[ya * sw + xb] * fx;
+      const bottom = src[yb * sw + xa] * (1 - fx) + src[yb * sw + xb] * fx;
+      out[y * dw + x] = Math.min(255, Math.max(0, roundHalfEven(top * (1 - fy) + bottom * fy)));
+    }
+  }
+  return out;
+}
+
+// ferkit.faces.crop_face: square around the box centre, grown by `margin` per side, edges repeated.
+export function cropFace(gray, box, size, margin) {
+  const [bx, by, bw, bh] = box;
+  const cx = bx + bw / 2, cy = by + bh / 2;
+  const side = Math.max(bw, bh) * (1 + 2 * margin);
+  const x0 = roundHalfEven(cx - side / 2), y0 = roundHalfEven(cy - side / 2);
+  const n = roundHalfEven(side);
+  const crop = new Uint8Array(n * n);
+  for (let y = 0; y < n; y++) {
+    const row = clampIndex(y0 + y, gray.height) * gray.width;
+    for (let x = 0; x < n; x++) crop[y * n + x] = gray.data[row + clampIndex(x0 + x, gray.width)];
+  }
+  return n > size ? resizeArea(crop, n, n, size, size) : resizeLinear(crop, n, n, size, size);
+}
+
+// Area-average a frame down to the detector's pixel budget (what ferkit.faces.detect_faces does).
+function downscale(image) {
+  const scale = Math.min(1, Math.sqrt(DETECT_MAX_PIXELS / (image.width * image.height)));
+  if (scale >= 1) return { image, back: [1, 1] };
+  const w = Math.max(1, Math.round(image.width * scale)), h = Math.max(1, Math.round(image.height * scale));
+  const out = new Uint8ClampedArray(w * h * 4);
+  const channel = new Uint8Array(image.width * image.height);
+  for (let k = 0; k < 4; k++) {
+    for (let p = 0; p < channel.length; p++) channel[p] = image.data[p * 4 + k];
+    const small = k === 3 ? null : resizeArea(channel, image.width, image.height, w, h);
+    for (let p = 0; p < w * h; p++) out[p * 4 + k] = small ? small[p] : 255;
+  }
+  return { image: { width: w, height: h, data: out }, back: [image.width / w, image.height / h] };
+}
+
+export class Pipeline {
+  // ort: the onnxruntime-web module; meta: the model's fer.meta.json (class names, input size, face margin).
+  static async create(ort, { detectorUrl, modelUrl, meta, minFaceScore = 0.6, executionProviders = ["wasm"] }) {
+    const options = { executionProviders, graphOptimizationLevel: "all" };
+    const [detector, classifier] = await Promise.all([
+      ort.InferenceSession.create(detectorUrl, options), ort.InferenceSession.create(modelUrl, options)]);
+    return new Pipeline(ort, detector, classifier, meta, minFaceScore);
+  }
+
+  constructor(ort, detector, classifier, meta, minFaceScore) {
+    Object.assign(this, { ort, detector, classifier, meta, minFaceScore });
+  }
+
+  async detect(image) {
+    const { image: searched, back } = downscale(image);
+    const { blob, paddedW, paddedH } = detectorInput(searched);
+    const input = new this.ort.Tensor("float32", blob, [1, 3, paddedH, paddedW]);
+    const outputs = await this.detector.run({ [this.detector.inputNames[0]]: input });
+    const faces = [];
+    for (const found of decodeYunet(outputs, paddedW, paddedH)) {
+      if (found.score < this.minFaceScore) continue;
+      let [x, y, w, h] = found.box.map((v, i) => roundHalfEven(v * back[i % 2]));
+      const x1 = Math.min(image.width, x + w), y1 = Math.min(image.height, y + h);
+      x = Math.max(0, x); y = Math.max(0, y);
+      w = Math.max(0, x1 - x); h = Math.max(0, y1 - y);
+      if (w > 1 && h > 1) {
+        faces.push({ box: [x, y, w, h], score: found.score, landmarks: found.landmarks.map(([lx, ly]) => [lx * back[0], ly * back[1]]) });
+      }
+    }
+    return faces.sort((a, b) => a.box[0] - b.box[0] || a.box[1] - b.box[1]);
+  }
+
+  async classify(crops) {
+    const size = this.meta.input_size, names = this.meta.class_names;
+    if (crops.length === 0) return [];
+    const x = new Float32Array(crops.length * size * size);
+    crops.forEach((crop, i) => x.set(crop, i * size * size));
+    const input = new this.ort.Tensor("float32", x, [crops.length, size, size, 1]);
+    const output = (await this.classifier.run({ face: input })).probabilities.data;
+    return crops.map((_, i) => Object.fromEntries(names.map((name, k) => [name, output[i * names.length + k]])));
+  }
+
+  // One frame -> {faces: [{box, label, score, probabilities, detectionScore}], timings: {stage: ms}}.
+  async analyse(image) {
+    const t0 = performance.now();
+    const found = await this.detect(image);
+    const t1 = performance.now();
+    const gray = toGray(image);
+    const crops = found.map((face) => cropFace(gray, face.box, this.meta.input_size, this.meta.face_margin));
+    const t2 = performance.now();
+    const probabilities = await this.classify(crops);
+    const t3 = performance.now();
+    const faces = found.map((face, i) => {
+      const entries = Object.entries(probabilities[i]);
+      const [label, score] = entries.reduce((best, entry) => (entry[1] > best[1] ? entry : best));
+      return { box: face.box, detectionScore: face.score, landmarks: face.landmarks, label, score, probabilities: probabilities[i] };
+    });
+    return { faces, timings: { detector: t1 - t0, crop: t2 - t1, classifier: t3 - t2 } };
+  }
+}

@@ -1,0 +1,61 @@
+// The anywidget front end (ferkit.webcam.CameraWidget); camera.js is prepended to it.
+
+function render({model, el}) {
+  if (model.get("mode") === "snapshot") {
+    ferkitTakePhoto(el, model.get("quality"), model.get("timeout_ms")).then((result) => {
+      if (result.startsWith("error:")) model.set("error", result.slice(6));
+      else model.set("frame", result);
+      model.save_changes();
+    });
+    return;
+  }
+  // Live: send a small frame, wait for the kernel's faces, draw, repeat. Only one
+  // frame is ever in flight, so a slow model drops frames instead of queueing them.
+  let camera = null, running = true, results = [], lastFps = 0;
+  const root = document.createElement("div");
+  el.appendChild(root);
+  const stop = document.createElement("button");
+  stop.textContent = "Stop";
+  const readout = document.createElement("span");
+  readout.className = "ferkit-fps";
+  readout.style.marginLeft = "1em";
+  const send = () => {
+    if (!running) return;
+    // The FPS travels with each frame: the kernel's copy of it is what Python reads.
+    model.send({type: "frame", data: ferkitFrame(camera.video, model.get("frame_width"), 0.7),
+                width: camera.video.videoWidth, fps: lastFps});
+  };
+  model.on("msg:custom", (message) => {
+    if (message.type !== "faces" || !running) return;
+    results.push(performance.now());
+    results = results.filter((t) => t > performance.now() - 3000);
+    const fps = results.length > 1 ? (results.length - 1) / ((results[results.length - 1] - results[0]) / 1000) : 0;
+    ferkitDrawOverlay(overlay, camera.video, message.faces, fps);
+    readout.textContent = fps.toFixed(1) + " FPS";
+    lastFps = fps;
+    send();
+  });
+  let overlay = document.createElement("canvas");
+  stop.onclick = () => {
+    running = false;
+    ferkitClose(camera, null);
+    model.set("running", false);
+    model.save_changes();
+  };
+  ferkitOpenCamera(root, 640).then((opened) => {
+    camera = opened;
+    overlay.style.position = "absolute";
+    overlay.style.left = "0";
+    overlay.style.top = "0";
+    overlay.style.width = "100%";
+    overlay.style.height = "100%";
+    camera.box.appendChild(overlay);
+    root.appendChild(stop);
+    root.appendChild(readout);
+    model.set("running", true);
+    model.save_changes();
+    send();
+  }).catch((error) => { model.set("error", ferkitExplain(error)); model.save_changes(); });
+  return () => { running = false; ferkitClose(camera, null); };
+}
+export default { render };
