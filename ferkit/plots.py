@@ -157,6 +157,8 @@ def plot_prediction(result, path: str | Path | None = None):
 
 def plot_emotion_timeline(table, path: str | Path | None = None):
     """Each class's probability over a video's time, one panel per tracked face (``predict_video``'s table)."""
+    from ferkit.prediction import EMOTION_COLORS
+
     plt = _pyplot()
     classes = [c[2:] for c in table.columns if c.startswith("p_")]
     ids = sorted(table["face_id"].unique()) if len(table) else []
@@ -165,7 +167,9 @@ def plot_emotion_timeline(table, path: str | Path | None = None):
     for ax, face_id in zip(axes[:, 0], shown):
         rows = table[table["face_id"] == face_id]
         for name in classes:
-            ax.plot(rows["time"], rows[f"p_{name}"], label=name, linewidth=1.2)
+            color = EMOTION_COLORS.get(name)  # the colours the annotated video and the page use
+            ax.plot(rows["time"], rows[f"p_{name}"], label=name, linewidth=1.2,
+                    color=None if color is None else tuple(c / 255 for c in color[::-1]))
         ax.set_ylim(0, 1)
         ax.set_ylabel(f"face {face_id}", fontsize=9)
     if not shown:

@@ -214,3 +214,13 @@ def test_colab_live_reports_a_denied_camera(fake_colab, random_model):
     output.answer = "error:permission to use the camera was denied"
     with pytest.raises(webcam.WebcamError, match="permission to use the camera was denied"):
         webcam.live(Predictor(random_model))
+
+
+def test_the_widget_colab_and_the_page_share_one_camera_script():
+    camera = (webcam.WEB_ASSETS / "camera.js").read_text()
+    assert "getUserMedia" in camera and "function ferkitOpenCamera" in camera
+    assert webcam._widget_class()._esm.startswith(camera)  # the notebook widget
+    assert webcam._COLAB_STREAM_JS.startswith(camera)  # Colab's live loop
+    page = (webcam.WEB_ASSETS / "index.html").read_text()
+    assert '<script src="camera.js"></script>' in page  # the web page
+

@@ -5,9 +5,11 @@
 import { Pipeline } from "./pipeline.js";
 
 const $ = (id) => document.getElementById(id);
-const state = (window.ferkitState = { ready: false, fps: 0, latencyMs: {}, model: null, faces: [], error: null, threads: 1 });
+const state = (window.ferkitState = { ready: false, fps: 0, latencyMs: {}, model: null, faces: [], error: null,
+                                      threads: 1, frames: 0 });
 let index = null;
 let pipeline = null;
+let booted = false;  // `ready` is first set once start-up (and the live view's auto-start) is decided
 
 function setStatus(text) { $("status").textContent = text; }
 
@@ -51,7 +53,7 @@ async function useModel(name) {
   pipeline = await Pipeline.create(ort, { detectorUrl: index.detector.url, modelUrl: entry.url, meta: entry,
                                           minFaceScore: index.detector.min_face_score });
   state.model = name;
-  state.ready = true;
+  state.ready = booted;
   $("model-info").textContent = describe(entry);
   setStatus(`ready · WASM, ${state.threads} thread${state.threads > 1 ? "s" : ""}`);
 }
@@ -199,6 +201,7 @@ async function liveStep() {
       live.times = live.times.filter((t) => t > t3 - 3000);
       const fps = live.times.length > 1 ? (live.times.length - 1) / ((t3 - live.times[0]) / 1000) : 0;
       const latencyMs = { frame: t1 - t0, ...timings, drawing: t3 - t2, total: t3 - t0 };
+      state.frames += 1;
       publish(faces, latencyMs, fps);
       $("live-readout").textContent = `${fps.toFixed(1)} FPS · ` + Object.entries(latencyMs).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ");
     } catch (error) {
@@ -291,6 +294,7 @@ async function cancelVideo() {
 // ---------------------------------------------------------------- wiring
 
 function showView(name) {
+  if (name !== "live" && live.running) stopLive();  // the camera is released when its view is left
   for (const button of document.querySelectorAll("nav button")) button.classList.toggle("active", button.dataset.view === name);
   for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== name;
 }
@@ -318,7 +322,8 @@ async function main() {
   await loadModels();
   // Live starts by itself where the camera permission is already granted.
   const permission = await navigator.permissions?.query({ name: "camera" }).catch(() => null);
-  if (permission && permission.state === "granted") startLive().catch((error) => fail(ferkitExplain(error)));
+  if (permission && permission.state === "granted") await startLive().catch((error) => fail(ferkitExplain(error)));
+  booted = state.ready = true;
 }
 
 main().catch(fail);

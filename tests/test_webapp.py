@@ -1,0 +1,260 @@
+"""The web app in a real browser: `python -m ferkit serve` on 127.0.0.1, Debian's Chromium with a fake camera.
+
+The page runs the detector and the classifier itself (ONNX Runtime Web); these
+tests check that it gives Predictor's answers on the same still frame, that
+the live view labels a face from the camera, that videos go through the
+server end to end, that nothing is requested from outside the page's origin,
+and that the static build works from a plain file server. Screenshots of each
+view go to $FERKIT_SCREENSHOTS when it is set (the README's come from there).
+"""
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("starlette")
+
+from test_browser import CHROMIUM, free_port, write_y4m  # noqa: E402  (tests/ is on sys.path)
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        "--autoplay-policy=no-user-gesture-required"]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+
+pytestmark = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium: apt-get install chromium"),
+    pytest.mark.skipif(not (ROOT / "fer.json").exists(), reason="needs the shipped model fer.json + fer.h5"),
+]
+
+
+def wait_for(url, process, seconds=180):
+    for _ in range(seconds * 4):
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            return urllib.request.urlopen(url, timeout=1).read()
+        except OSError:
+            time.sleep(0.25)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    process = subprocess.Popen([sys.executable, "-m", "ferkit", "serve", "--no-browser", "--port", str(port)],
+                               env=ENV, stdout=subprocess.DEVNULL, stderr=open(log, "w"), cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for(url + "models/index.json", process)
+    except Exception:
+        process.kill()
+        pytest.fail("ferkit serve did not start:\n" + log.read_text()[-3000:])
+    yield url
+    process.terminate()
+    process.wait(20)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A 640x480 still with two faces of different sizes, as PNG (lossless, so both sides see the same pixels)."""
+    from ferkit.images import sample_image
+
+    astronaut = sample_image()
+    frame = np.full((480, 640, 3), 70, np.uint8)
+    frame[60:60 + 220, 30:30 + 220] = cv2.resize(astronaut[20:240, 110:330], (220, 220))
+    frame[150:150 + 150, 400:400 + 150] = cv2.resize(astronaut[20:240, 110:330], (150, 150))[:, ::-1]
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    cv2.imwrite(str(path), frame)
+    return path
+
+
+class Page:
+    """One Chromium page on the app, with every request it makes recorded."""
+
+    def __init__(self, browser, url, screenshots):
+        self.page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        self.requests, self.logs = [], []
+        self.page.on("request", lambda request: self.requests.append(request.url))
+        self.page.on("console", lambda message: self.logs.append(message.text))
+        self.page.on("pageerror", lambda error: self.logs.append(f"page error: {error}"))
+        self.page.goto(url)
+        self.page.wait_for_function("window.ferkitState && window.ferkitState.ready", timeout=120000)
+        self.screenshots = screenshots
+
+    def state(self):
+        return self.page.evaluate("JSON.parse(JSON.stringify(window.ferkitState))")
+
+    def shoot(self, name):
+        if self.screenshots:
+            Path(self.screenshots).mkdir(parents=True, exist_ok=True)
+            self.page.screenshot(path=str(Path(self.screenshots) / f"webapp_{name}.png"))
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, scene):
+    from ferkit.images import sample_image
+
+    y4m = write_y4m(tmp_path_factory.mktemp("camera") / "face.y4m", sample_image())
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                              args=ARGS + [f"--use-file-for-fake-video-capture={y4m}"])
+        yield chromium
+        chromium.close()
+
+
+def photo_in_page(page, path):
+    page.page.click("button[data-view=photo]")
+    page.page.evaluate("window.ferkitState.faces = []")
+    with page.page.expect_file_chooser() as chooser:
+        page.page.click("#photo-drop label")
+    chooser.value.set_files(str(path))
+    page.page.wait_for_function("window.ferkitState.faces.length > 0", timeout=60000)
+    return page.state()
+
+
+def test_the_page_gives_predictors_answers_on_the_same_frame(server, browser, scene):
+    from ferkit.prediction import Predictor
+
+    page = Page(browser, server, os.environ.get("FERKIT_SCREENSHOTS"))
+    in_page = photo_in_page(page, scene)["faces"]
+    page.shoot("photo")
+    expected = Predictor().predict(scene).faces
+    assert len(in_page) == len(expected) == 2
+    for ours, theirs in zip(in_page, expected):
+        assert np.abs(np.subtract(ours["box"], theirs.box)).max() <= 2, (ours["box"], theirs.box)
+        assert ours["label"] == theirs.label
+        for name, p in theirs.probabilities.items():
+            assert abs(ours["probabilities"][name] - p) <= 0.02, (name, ours["probabilities"][name], p)
+    assert_same_origin(page, server)
+
+
+def test_live_view_labels_the_camera_face_and_measures_fps(server, browser):
+    page = Page(browser, server, os.environ.get("FERKIT_SCREENSHOTS"))
+    if page.page.is_enabled("#live-start"):  # live starts by itself once camera permission is granted
+        page.page.click("#live-start")
+    page.page.wait_for_function("window.ferkitState.fps > 0 && window.ferkitState.faces.length > 0", timeout=60000)
+    page.page.wait_for_timeout(10000)
+    state = page.state()
+    assert [face["label"] for face in state["faces"]] == ["happy"]
+    assert state["fps"] > 1.0, state
+    assert set(state["latencyMs"]) >= {"frame", "detector", "crop", "classifier", "drawing"}
+    box = state["faces"][0]["box"]
+    assert 80 <= box[0] + box[2] / 2 <= 560  # the face sits in the middle of the fake camera's frame
+    print(f"\nlive view, shipped model, WASM {state['threads']} thread(s): {state['fps']:.1f} FPS; "
+          + ", ".join(f"{k} {v:.1f} ms" for k, v in state["latencyMs"].items()))
+    page.shoot("live")
+    with page.page.expect_download() as png:
+        page.page.click("#live-snapshot")
+    assert png.value.suggested_filename.endswith((".png", ".json"))
+    assert_same_origin(page, server)
+
+
+def small_video(path, frames=24):
+    from ferkit.images import sample_image
+
+    face = cv2.resize(sample_image(), (240, 240))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 12, (320, 240))
+    for i in range(frames):
+        frame = np.full((240, 320, 3), 50, np.uint8)
+        frame[:, 40 + i % 3:280 + i % 3] = face
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_video_view_end_to_end(server, browser, tmp_path):
+    page = Page(browser, server, os.environ.get("FERKIT_SCREENSHOTS"))
+    page.page.click("button[data-view=video]")
+    video = small_video(tmp_path / "clip.mp4")
+    page.page.set_input_files("#video-file", str(video))
+    page.page.locator("#video-result").wait_for(state="visible", timeout=180000)
+    page.page.wait_for_function("document.getElementById('video-result').readyState >= 1", timeout=30000)
+    duration = page.page.evaluate("document.getElementById('video-result').duration")
+    assert duration > 1.0  # 24 frames at 12 fps, played in the page
+    table = page.page.evaluate("fetch(document.getElementById('video-csv').href).then(r => r.text())")
+    rows = list(csv.DictReader(io.StringIO(table)))
+    assert sorted({int(r["frame"]) for r in rows}) == list(range(24))  # one row per frame: one face in each
+    assert {r["label"] for r in rows} == {"happy"}
+    page.shoot("video")
+    assert_same_origin(page, server)
+
+
+def test_a_video_job_can_be_cancelled_and_bad_uploads_get_their_status(server, tmp_path):
+    def post(body, headers=None):
+        request = urllib.request.Request(server + "api/videos", data=body, method="POST", headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    status, reply = post(b"just some text, not a video", {"X-Filename": "notes.txt"})
+    assert status == 415 and "not a video" in reply["error"]
+    status, reply = post(b"x", {"Content-Length": str(300 * 2**20)})
+    assert status == 413 and "limit" in reply["error"]
+    status, reply = post(b"\x1aE\xdf\xa3 broken webm", {"X-Filename": "broken.webm"})
+    assert status == 202
+    for _ in range(240):
+        job = json.loads(urllib.request.urlopen(f"{server}api/videos/{reply['id']}").read())
+        if job["status"] in ("done", "failed"):
+            break
+        time.sleep(0.25)
+    assert job["status"] == "failed" and job["error"], job  # the job ends with the reason
+    long = small_video(tmp_path / "long.mp4", frames=400)
+    status, reply = post(long.read_bytes(), {"X-Filename": "long.mp4"})
+    assert status == 202
+    request = urllib.request.Request(f"{server}api/videos/{reply['id']}", method="DELETE")
+    urllib.request.urlopen(request, timeout=30)
+    for _ in range(240):
+        job = json.loads(urllib.request.urlopen(f"{server}api/videos/{reply['id']}").read())
+        if job["status"] == "cancelled":
+            break
+        time.sleep(0.25)
+    assert job["status"] == "cancelled"
+    assert urllib.request.urlopen(server + "models/index.json").status == 200  # still serving
+    for escape in ("static/../../fer.h5", "..%2F..%2Ffer.h5", "models/..%2F..%2Ffer.h5"):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(server + escape)
+        assert error.value.code == 404
+
+
+def test_the_static_build_works_from_a_plain_file_server(browser, scene, tmp_path):
+    site = tmp_path / "site"
+    result = subprocess.run([sys.executable, "-m", "ferkit", "export-web", str(site)], env=ENV, cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "-d", str(site)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_for(url, process, 30)
+        page = Page(browser, url, None)
+        assert page.state()["threads"] == 1  # no cross-origin isolation on a plain host: one WASM thread
+        faces = photo_in_page(page, scene)["faces"]
+        assert [f["label"] for f in faces] == ["happy", "happy"]
+        assert page.page.locator("#video-tab").is_hidden()  # no server: no Video view
+        assert_same_origin(page, url)
+    finally:
+        process.terminate()
+
+
+def assert_same_origin(page, origin):
+    outside = [url for url in page.requests if not url.startswith((origin, "data:", "blob:"))]
+    assert not outside, outside
+    assert not [line for line in page.logs if line.startswith("page error")], page.logs
