@@ -54,6 +54,50 @@ def measure_page(browser, url: str, seconds: float) -> dict:
             **{stage: statistics.median(s[stage] for s in samples if stage in s) for stage in STAGES}}
 
 
+def notebook_live_fps(browser_args: list[str], seconds: float) -> float:
+    """The notebook live mode for real: JupyterLab, the anywidget camera, the kernel answering each frame."""
+    import json
+    import urllib.request
+
+    from test_browser import SETUP, notebook, output_text
+
+    folder = Path(tempfile.mkdtemp())
+    port, token = free_port(), "ferkit-bench"
+    env = {k: v for k, v in ENV.items() if k != "FERKIT_WEBCAM_FILE"}
+    env["JUPYTER_CONFIG_DIR"] = str(folder / "config")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}", "--LabApp.news_url=None", "--allow-root"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/api/status?token={token}", server, 120)
+        cells = [SETUP, "view = live(predictor)",
+                 f"import asyncio\nawait asyncio.sleep(5)\nfirst = view.answered\nawait asyncio.sleep({seconds})\n"
+                 f"print('LIVE', (view.answered - first) / {seconds})"]
+        notebook(folder / "bench.ipynb", cells)
+        request = urllib.request.Request(f"{url}/api/sessions?token={token}", method="POST",
+                                         headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"path": "bench.ipynb", "type": "notebook", "name": "bench.ipynb",
+                                                          "kernel": {"name": "python3"}}).encode())
+        urllib.request.urlopen(request, timeout=30)
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=browser_args)
+            page = browser.new_page()
+            page.goto(f"{url}/lab/tree/bench.ipynb?token={token}")
+            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90000)
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_text("Run All Cells", exact=True).click()
+            fps = float(output_text(page, "LIVE", int((seconds + 120) * 1000)).split()[1])
+            browser.close()
+        return fps
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
 def notebook_kernel_fps(model: str | None, seconds: float) -> float:
     import cv2
 
@@ -100,6 +144,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(20)
+    camera = ARGS + [f"--use-file-for-fake-video-capture={y4m}"]
+    notebook = notebook_live_fps(camera, args.seconds) if args.model is None else None
     kernel = notebook_kernel_fps(args.model, args.seconds)
 
     print(f"# live view, headless Chromium {CHROMIUM}, {platform.processor() or platform.machine()} x{os.cpu_count()}, "
@@ -109,6 +155,9 @@ def main() -> None:
     for row in rows:
         print(f"| page, WASM {row['threads']} thread{'s' * (row['threads'] > 1)} | {row['fps']:.1f} | "
               + " | ".join(f"{row[stage]:.1f}" for stage in STAGES) + f" | {', '.join(row['labels'])} |")
+    if notebook is not None:
+        print(f"| notebook live mode (JupyterLab widget, 320 px frames answered by the kernel) | {notebook:.1f} "
+              "| | | | | | | |")
     print(f"| notebook live mode, kernel side only (320 px JPEG -> Predictor) | {kernel:.1f} | | | | | | "
           f"{1000 / kernel:.1f} | |")
 

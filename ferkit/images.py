@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +109,8 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = MAX_IMAG
         raise ImageError(f"{name}: truncated JPEG (no end-of-image marker): the file was cut short; "
                          "copy or download it again")
     # IMREAD_COLOR applies the EXIF orientation tag; 16-bit and gray files come back as 8-bit BGR.
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    with _native_messages(name):
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         try:  # Pillow reads a few formats this OpenCV build may lack.
             from PIL import Image, ImageOps
@@ -120,6 +124,40 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = MAX_IMAG
     if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:
         raise ImageError(_too_large(name, image.shape[1], image.shape[0], max_pixels))
     return image
+
+
+_native_lock = threading.Lock()
+
+
+@contextmanager
+def _native_messages(name: str):
+    """Turn what libjpeg/libpng print while decoding ("Corrupt JPEG data: ...") into an ImageWarning naming the file.
+
+    The C libraries write straight to the process's stderr, where the message
+    would appear without a file name; decoding holds a lock while stderr
+    points at a temporary file, then the message is raised as a warning.
+    """
+    import tempfile
+    import warnings
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr (some embedded interpreters): nothing to name
+        yield
+        return
+    with _native_lock, tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        printed = capture.read().decode("utf-8", errors="replace").strip()
+    for line in printed.splitlines():
+        if line.strip():
+            warnings.warn(f"{name}: {line.strip()}", ImageWarning, stacklevel=4)
 
 
 def _too_large(name: str, width: int, height: int, max_pixels: int) -> str:

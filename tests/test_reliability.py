@@ -340,6 +340,16 @@ def test_png_data_named_jpg_is_read_and_reported(tmp_path):
         assert load_image(tmp_path / "photo.jpg").shape == (512, 512, 3)
 
 
+def test_a_jpeg_corrupted_mid_file_is_read_and_reported_by_name():
+    from ferkit.images import ImageWarning, load_image, sample_image
+
+    encoded = cv2.imencode(".jpg", sample_image())[1].tobytes()
+    scan = encoded.rfind(b"\xff\xda")
+    damaged = encoded[:scan + 3000] + b"\xff\xd4garbage" + encoded[scan + 3500:]  # a stray marker, bytes lost
+    with pytest.warns(ImageWarning, match=r"^holiday.jpg: Corrupt JPEG data"):
+        assert load_image(damaged, name="holiday.jpg").shape == (512, 512, 3)
+
+
 # ---------------------------------------------------------------- prediction: threads and outputs
 
 @pytest.fixture(scope="module")

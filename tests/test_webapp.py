@@ -186,8 +186,13 @@ def test_video_view_end_to_end(server, browser, tmp_path):
     page.page.wait_for_function("document.getElementById('video-result').readyState >= 1", timeout=30000)
     duration = page.page.evaluate("document.getElementById('video-result').duration")
     assert duration > 1.0  # 24 frames at 12 fps, played in the page
-    table = page.page.evaluate("fetch(document.getElementById('video-csv').href).then(r => r.text())")
-    rows = list(csv.DictReader(io.StringIO(table)))
+    downloaded = {}
+    for link in ("#video-download", "#video-csv"):
+        with page.page.expect_download() as download:
+            page.page.click(link)
+        downloaded[link] = Path(download.value.path())
+    assert downloaded["#video-download"].read_bytes()[:4] == b"\x1aE\xdf\xa3"  # WebM, what the page played
+    rows = list(csv.DictReader(io.StringIO(downloaded["#video-csv"].read_text())))
     assert sorted({int(r["frame"]) for r in rows}) == list(range(24))  # one row per frame: one face in each
     assert {r["label"] for r in rows} == {"happy"}
     page.shoot("video")
@@ -231,6 +236,29 @@ def test_a_video_job_can_be_cancelled_and_bad_uploads_get_their_status(server, t
         with pytest.raises(urllib.error.HTTPError) as error:
             urllib.request.urlopen(server + escape)
         assert error.value.code == 404
+
+
+def test_concurrent_video_jobs_give_the_sequential_results(server, tmp_path):
+    clip = small_video(tmp_path / "clip.mp4", frames=12).read_bytes()
+
+    def run_job():
+        request = urllib.request.Request(server + "api/videos", data=clip, method="POST",
+                                         headers={"X-Filename": "clip.mp4"})
+        job = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        for _ in range(600):
+            job = json.loads(urllib.request.urlopen(f"{server}api/videos/{job['id']}").read())
+            if job["status"] in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        assert job["status"] == "done", job
+        return urllib.request.urlopen(f"{server}api/videos/{job['id']}/faces.csv").read()
+
+    alone = run_job()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda _: run_job(), range(3)))
+    assert together == [alone] * 3 and alone.count(b"\n") == 13  # a header and one face per frame
 
 
 def test_the_static_build_works_from_a_plain_file_server(browser, scene, tmp_path):
