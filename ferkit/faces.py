@@ -176,24 +176,51 @@ def _haar():
 _DETECTOR_FACTORIES = {"yunet": _yunet, "mtcnn": _mtcnn, "haar": _haar}
 
 
-def crop_face(gray: np.ndarray, face: Face, size: int, margin: float) -> np.ndarray:
+def eye_angle(face: Face) -> float:
+    """The tilt of the eye line in radians (positive: the image-right eye is lower), 0 without landmarks."""
+    if face.landmarks is None:
+        return 0.0
+    (rx, ry), (lx, ly) = face.landmarks[0], face.landmarks[1]
+    return float(np.arctan2(ly - ry, lx - rx)) if lx > rx else 0.0
+
+
+def crop_face(gray: np.ndarray, face: Face, size: int, margin: float, offset: float = 0.0,
+              align: bool = False) -> np.ndarray:
     """Cut a face out of a grayscale image the way FER-2013's images are framed.
 
-    The box is made square around its centre, grown by ``margin`` of its size on
-    each side, clamped to the image (edge pixels repeated where it runs over),
-    and resized to ``size`` x ``size``. Returns uint8 (size, size).
+    The crop is a square of side ``max(w, h) * (1 + 2 * margin)`` around the
+    box centre moved down by ``offset`` of that side. With ``align`` and eye
+    landmarks, the square turns with the eye line so the eyes come out level:
+    one similarity transform of the original image (bilinear), not a crop of a
+    crop. Edge pixels are repeated where the square runs over the image; the
+    square is then resized to ``size`` x ``size`` (area averaging when
+    shrinking). Returns uint8 (size, size).
     """
     import cv2
 
     cx, cy = face.center
     side = max(face.box[2], face.box[3]) * (1 + 2 * margin)
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    x1, y1 = x0 + int(round(side)), y0 + int(round(side))
-    height, width = gray.shape[:2]
-    pad = max(0, -x0, -y0, x1 - width, y1 - height)
-    if pad:
-        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
-    crop = gray[y0:y1, x0:x1]
+    angle = eye_angle(face) if align else 0.0
+    if angle:
+        n = max(1, int(round(side)))
+        cos, sin, half = np.cos(angle), np.sin(angle), (n - 1) / 2
+        scale = side / n
+        # The crop's centre moves along the face's own downward axis (-sin, cos).
+        cx, cy = cx - sin * offset * side, cy + cos * offset * side
+        # Crop pixel (u, v) samples the image at centre + scale * R(angle) (u - half, v - half).
+        inverse = np.array([[scale * cos, -scale * sin, cx - scale * (cos * half - sin * half) - 0.5],
+                            [scale * sin, scale * cos, cy - scale * (sin * half + cos * half) - 0.5]])
+        crop = cv2.warpAffine(gray, inverse, (n, n), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+    else:
+        cy += offset * side
+        x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+        x1, y1 = x0 + int(round(side)), y0 + int(round(side))
+        height, width = gray.shape[:2]
+        pad = max(0, -x0, -y0, x1 - width, y1 - height)
+        if pad:
+            gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
+        crop = gray[y0:y1, x0:x1]
     interpolation = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(crop, (size, size), interpolation=interpolation)

@@ -46,6 +46,10 @@ class ModelMeta:
     input_range: list[float] = field(default_factory=lambda: [0.0, 255.0])
     #: Face crops are squared and grown by this fraction of the box size per side.
     face_margin: float = 0.05
+    #: ... and their centre moved down by this fraction of the crop's side.
+    face_offset: float = 0.0
+    #: Turn each crop so the eyes are level (detectors with eye landmarks).
+    face_align: bool = False
     architecture: str = ""
     #: Label mapping from the original FER-2013 classes (select_classes).
     label_map: dict = field(default_factory=dict)
@@ -77,6 +81,12 @@ class ModelMeta:
                 or not -0.25 <= meta.face_margin <= 1.0:
             raise ModelError(f"{path}: face_margin must be a fraction of the face box between -0.25 and 1.0 "
                              f"(FER-2013's framing is about 0), got {meta.face_margin!r}")
+        if not isinstance(meta.face_offset, (int, float)) or isinstance(meta.face_offset, bool) \
+                or not -0.5 <= meta.face_offset <= 0.5:
+            raise ModelError(f"{path}: face_offset must be a fraction of the crop's side between -0.5 and 0.5, "
+                             f"got {meta.face_offset!r}")
+        if not isinstance(meta.face_align, bool):
+            raise ModelError(f"{path}: face_align must be true or false, got {meta.face_align!r}")
         return meta
 
 
@@ -364,7 +374,7 @@ def load_model(path: str | Path | None = None):
 
 
 #: What members of an average must share: it decides what goes into the model and what comes out.
-_SHARED_META = ("class_names", "input_size", "input_range", "face_margin", "label_map")
+_SHARED_META = ("class_names", "input_size", "input_range", "face_margin", "face_offset", "face_align", "label_map")
 
 
 def networks_of(model, meta: ModelMeta, path: str | Path) -> list:

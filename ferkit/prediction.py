@@ -103,14 +103,19 @@ class Predictor:
     max_pixels : int or None
         Images larger than this (width x height) are refused before decoding
         (default 50 megapixels); None: no limit.
+    align : bool or None
+        Turn each face so its eyes are level before classifying it; default
+        the model's ``face_align`` (chosen on PublicTest, see README).
     """
 
     def __init__(self, model: str | Path | None = None, detector: str = "yunet", tta: bool = False,
-                 min_face_score: float = 0.6, max_pixels: int | None = MAX_IMAGE_PIXELS):
+                 min_face_score: float = 0.6, max_pixels: int | None = MAX_IMAGE_PIXELS,
+                 align: bool | None = None):
         self.model, self.meta = load_model(model)
         self.class_names = list(self.meta.class_names)
         self.detector, self.tta, self.min_face_score = detector, tta, min_face_score
         self.max_pixels = max_pixels
+        self.align = self.meta.face_align if align is None else bool(align)
         face_module.get_detector(detector)  # fail now, with the reason, if it cannot run here
         self._forward = self._compile_forward()
 
@@ -134,7 +139,9 @@ class Predictor:
     def crops(self, image_bgr: np.ndarray, found: list[face_module.Face]) -> np.ndarray:
         gray = to_gray(image_bgr)
         size = self.meta.input_size
-        return np.stack([face_module.crop_face(gray, f, size, self.meta.face_margin) for f in found]) \
+        meta = self.meta
+        return np.stack([face_module.crop_face(gray, f, size, meta.face_margin, meta.face_offset, self.align)
+                         for f in found]) \
             if found else np.zeros((0, size, size), np.uint8)
 
     def predict(self, image, channel_order: str = "rgb", name: str | None = None) -> ImagePrediction:

@@ -113,7 +113,8 @@ def models_index(entries: list[ModelEntry]) -> dict:
         "detector": {"url": "models/yunet.onnx", "min_face_score": 0.6},
         "colors": {name: f"rgb({r},{g},{b})" for name, (b, g, r) in EMOTION_COLORS.items()},
         "models": [{"name": e.name, "url": f"models/{e.name}.onnx", "class_names": e.meta.class_names,
-                    "input_size": e.meta.input_size, "face_margin": e.meta.face_margin, **e.info}
+                    "input_size": e.meta.input_size, "face_margin": e.meta.face_margin,
+                     "face_offset": e.meta.face_offset, "face_align": e.meta.face_align, **e.info}
                    for e in entries],
     }
 

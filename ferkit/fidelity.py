@@ -1,0 +1,149 @@
+"""Pipeline fidelity: how much accuracy survives detect -> crop -> classify, beside classifying FER-2013's crops.
+
+Each FER-2013 face is upscaled and placed into a larger frame under one
+*condition* (face size, position, rotation, background, blur and JPEG,
+lighting), the frame goes through the real photo pipeline (``detect_faces``,
+``crop_face``, the model), and the result is compared with classifying the
+dataset's own 48x48 crop of the same face. Frames are generated from a seed,
+so every run sees the same pictures. ``benchmarks/bench_pipeline.py`` prints
+the table; crop settings are chosen with it on PublicTest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ferkit import faces as face_module
+from ferkit.model import predict_probabilities
+
+FRAME_SIZE = (640, 480)  # width, height: a webcam frame
+
+
+@dataclass(frozen=True)
+class Condition:
+    """How one face is shown: ``size`` in pixels (low, high), ``rotation`` in degrees (+-), and the rest."""
+
+    name: str
+    size: tuple[int, int] = (192, 192)
+    centred: bool = True
+    rotation: float = 0.0
+    background: str = "grey"  # grey | texture (blurred noise)
+    degrade: str = ""  # "" | "jpeg" (blur, then JPEG quality 30) | "dim" (contrast 0.5, darker)
+
+
+CONDITIONS = (
+    Condition("192 px, centre, grey frame"),
+    Condition("96 px, centre", size=(96, 96)),
+    Condition("320 px, centre", size=(320, 320)),
+    Condition("96-320 px, anywhere", size=(96, 320), centred=False),
+    Condition("192 px, textured background", background="texture"),
+    Condition("192 px, rotated up to 10 deg", rotation=10.0),
+    Condition("192 px, rotated up to 20 deg", rotation=20.0),
+    Condition("192 px, blur + JPEG q30", degrade="jpeg"),
+    Condition("192 px, dim, low contrast", degrade="dim"),
+    Condition("64 px, centre (below target size)", size=(64, 64)),
+)
+
+
+def make_frame(face: np.ndarray, condition: Condition, rng: np.random.Generator):
+    """One (H, W, 3) uint8 BGR frame holding ``face`` ((48, 48) uint8), and the face's (cx, cy, side) in it."""
+    import cv2
+
+    width, height = FRAME_SIZE
+    side = int(rng.integers(condition.size[0], condition.size[1] + 1))
+    if condition.background == "texture":
+        noise = rng.uniform(0, 255, (height // 8, width // 8)).astype(np.float32)
+        frame = cv2.GaussianBlur(cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC), (0, 0), 3)
+        frame = np.clip(frame, 0, 255).astype(np.uint8)
+    else:
+        frame = np.full((height, width), 128, np.uint8)
+    if condition.centred:
+        x, y = (width - side) // 2, (height - side) // 2
+    else:
+        x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+    frame[y:y + side, x:x + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+    cx, cy = x + side / 2, y + side / 2
+    if condition.rotation:
+        angle = float(rng.uniform(-condition.rotation, condition.rotation))
+        turn = cv2.getRotationMatrix2D((cx - 0.5, cy - 0.5), angle, 1.0)
+        frame = cv2.warpAffine(frame, turn, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    if condition.degrade == "jpeg":
+        frame = cv2.GaussianBlur(frame, (0, 0), 1.5)
+        frame = cv2.imdecode(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 30])[1], cv2.IMREAD_GRAYSCALE)
+    elif condition.degrade == "dim":
+        frame = np.clip((frame.astype(np.float32) - 128) * 0.5 + 70, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), (cx, cy, side)
+
+
+def find_face(found: list, truth) -> face_module.Face | None:
+    """The detection that is the placed face: its centre within 0.3 of the face's side, its size 0.5-1.6 of it."""
+    cx, cy, side = truth
+    best, best_distance = None, 0.3 * side
+    for face in found:
+        fx, fy = face.center
+        distance = float(np.hypot(fx - cx, fy - cy))
+        if distance <= best_distance and 0.5 * side <= max(face.box[2], face.box[3]) <= 1.6 * side:
+            best, best_distance = face, distance
+    return best
+
+
+@dataclass
+class Detections:
+    """One condition's frames, run through a detector: the matched face per image (None where missed)."""
+
+    condition: Condition
+    gray_frames: list
+    faces: list
+
+
+def detect(images: np.ndarray, condition: Condition, detector: str = "yunet", seed: int = 0,
+           min_score: float = 0.6) -> Detections:
+    """Place every image ((N, 48, 48) uint8) into a frame under ``condition`` and detect its face."""
+    from ferkit.images import to_gray
+
+    frames, found = [], []
+    for index, image in enumerate(images):
+        frame, truth = make_frame(image, condition, np.random.default_rng((seed, index)))
+        frames.append(to_gray(frame))
+        found.append(find_face(face_module.detect_faces(frame, detector, min_score), truth))
+    return Detections(condition, frames, found)
+
+
+def classify_found(model, detections: Detections, size: int, margin: float, offset: float, align: bool,
+                   forward=None) -> np.ndarray:
+    """Probabilities (N, classes) of each found face cropped with these settings; NaN rows where none was found."""
+    found = [i for i, face in enumerate(detections.faces) if face is not None]
+    crops = np.stack([face_module.crop_face(detections.gray_frames[i], detections.faces[i], size, margin, offset,
+                                            align) for i in found]) if found else np.zeros((0, size, size), np.uint8)
+    probabilities = predict_probabilities(model, crops, forward=forward)
+    out = np.full((len(detections.faces), probabilities.shape[1] if found else 1), np.nan, np.float32)
+    out[found] = probabilities
+    return out
+
+
+def bootstrap_interval(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of ``values`` (1-D), by resampling them."""
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def score(labels: np.ndarray, direct: np.ndarray, pipeline: np.ndarray) -> dict:
+    """Found rate, accuracy through the pipeline on found faces, direct accuracy on the same faces, and the gap.
+
+    ``direct``/``pipeline``: (N, classes) probabilities, pipeline NaN where the face was missed.
+    The gap's interval is paired: both accuracies are resampled on the same faces.
+    """
+    found = ~np.isnan(pipeline[:, 0])
+    right_pipeline = (pipeline[found].argmax(1) == labels[found]).astype(np.float64)
+    right_direct = (direct[found].argmax(1) == labels[found]).astype(np.float64)
+    return {"images": int(len(labels)), "found": float(found.mean()),
+            "accuracy": float(right_pipeline.mean()) if found.any() else float("nan"),
+            "accuracy_interval": bootstrap_interval(right_pipeline),
+            "direct": float(right_direct.mean()) if found.any() else float("nan"),
+            "gap": float((right_pipeline - right_direct).mean()) if found.any() else float("nan"),
+            "gap_interval": bootstrap_interval(right_pipeline - right_direct)}
