@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +27,6 @@ sys.path.insert(0, str(ROOT))
 from ferkit import data, fidelity  # noqa: E402
 from ferkit.model import load_model, predict_probabilities  # noqa: E402
 
-OLD_SETTINGS = (0.05, 0.0, False)
-
-
-def percent(value: float) -> str:
-    return f"{100 * value:.2f}"
-
-
-def interval(pair) -> str:
-    return f"{100 * pair[0]:.1f}-{100 * pair[1]:.1f}"
-
 
 def tune(model, meta, labels, direct, all_detections) -> tuple[float, float, bool]:
     """Coordinate search over margin, offset and alignment; prints every setting tried."""
@@ -47,7 +36,7 @@ def tune(model, meta, labels, direct, all_detections) -> tuple[float, float, boo
         scores = [fidelity.score(labels, direct, fidelity.classify_found(
             model, d, meta.input_size, margin, offset, align))["accuracy"] for d in in_target]
         value = float(np.mean(scores))
-        print(f"margin {margin:+.3f}  offset {offset:+.3f}  align {str(align):5}  mean accuracy {percent(value)}",
+        print(f"margin {margin:+.3f}  offset {offset:+.3f}  align {str(align):5}  mean accuracy {100 * value:.2f}",
               flush=True)
         return value
 
@@ -70,29 +59,20 @@ def main() -> None:
     dataset = data.load_fer2013(data.dataset_path(args.data), progress=False).split(args.split)
     images, labels = dataset.images[:args.limit], dataset.labels[:args.limit]
     model, meta = load_model(args.model)
-    started = time.perf_counter()
-    detections = [fidelity.detect(images, condition, args.detector) for condition in fidelity.CONDITIONS]
     print(f"# {args.split}, {len(images)} faces, detector {args.detector}, model {args.model or 'fer'} "
-          f"({meta.architecture}); detection {time.perf_counter() - started:.0f} s", flush=True)
+          f"({meta.architecture})", flush=True)
     direct = predict_probabilities(model, images)
     if args.tune:
+        detections = [fidelity.detect(images, condition, args.detector) for condition in fidelity.CONDITIONS]
         margin, offset, align = tune(model, meta, labels, direct, detections)
         print(f"chosen: face_margin {margin}, face_offset {offset}, face_align {str(align).lower()}")
         return
-    settings = (meta.face_margin, meta.face_offset, meta.face_align)
-    print(f"direct classification of all {len(images)} crops: {percent((direct.argmax(1) == labels).mean())}%")
-    print(f"crop settings: model margin {settings[0]}, offset {settings[1]}, align {settings[2]}; "
-          f"old: margin {OLD_SETTINGS[0]}, offset 0, align off\n")
-    print("| condition | faces found | accuracy, model's crop (95% CI) | accuracy, old crop (95% CI) "
-          "| direct, same faces | gap, model's crop (95% CI) |")
-    print("|---|---|---|---|---|---|")
-    for found in detections:
-        new = fidelity.score(labels, direct, fidelity.classify_found(model, found, meta.input_size, *settings))
-        old = fidelity.score(labels, direct, fidelity.classify_found(model, found, meta.input_size, *OLD_SETTINGS))
-        print(f"| {found.condition.name} | {percent(new['found'])}% | {percent(new['accuracy'])}% "
-              f"({interval(new['accuracy_interval'])}) | {percent(old['accuracy'])}% ({interval(old['accuracy_interval'])}) "
-              f"| {percent(new['direct'])}% | {100 * new['gap']:+.2f} ({100 * new['gap_interval'][0]:+.1f} to "
-              f"{100 * new['gap_interval'][1]:+.1f}) |", flush=True)
+    print(f"direct classification of all {len(images)} crops: {100 * (direct.argmax(1) == labels).mean():.2f}%; "
+          f"model crop: margin {meta.face_margin}, offset {meta.face_offset}, align {meta.face_align}; "
+          f"old crop: margin {fidelity.OLD_CROP[0]}, offset 0, align off\n")
+    print(fidelity.TABLE_HEADER)
+    for row in fidelity.table_rows(model, meta, images, labels, args.detector):
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

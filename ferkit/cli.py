@@ -213,6 +213,7 @@ def cmd_train(args) -> None:
         threshold_val_accuracy=args.threshold_val_accuracy, early_stopping_patience=args.early_stopping,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, init_weights=args.init_weights,
         average_last=args.average_last, average_learning_rate=args.average_learning_rate,
+        teacher=args.teacher, teacher_weight=args.teacher_weight,
         augmentation=training.Augmentation(shift=args.shift, erase_probability=args.erase_probability))
     if args.finetune_from:
         config = config.second_stage(args.finetune_from)
@@ -222,7 +223,8 @@ def cmd_train(args) -> None:
                      augmentation=replace(config.augmentation,
                                           **given(rotation_degrees=args.rotation, zoom=args.zoom)))
     print(f"training {args.architecture} on {len(dataset.split('Training'))} images "
-          f"({', '.join(dataset.class_names)}), validating on PublicTest; checkpoints in {args.checkpoint_dir}")
+          + (f"towards {args.teacher}'s probabilities (weight {args.teacher_weight}) " if args.teacher else "")
+          + f"({', '.join(dataset.class_names)}), validating on PublicTest; checkpoints in {args.checkpoint_dir}")
     command = "python -m ferkit " + shlex.join(args.argv)
     result = training.train(dataset, config, out=args.out, checkpoint_dir=args.checkpoint_dir,
                              verbose=2 if args.no_progress else "auto", provenance={"command": command.strip()})
@@ -241,6 +243,16 @@ def cmd_evaluate(args) -> None:
 
     model, meta = model_module.load_model(args.model)
     dataset = _load(args)
+    if args.pipeline:
+        from ferkit import fidelity
+
+        split = dataset.split(args.pipeline)
+        print(f"{args.pipeline}: {len(split)} faces placed into 640x480 frames, detector {args.detector}; "
+              f"crop margin {meta.face_margin}, offset {meta.face_offset}, align {meta.face_align}", file=sys.stderr)
+        print(fidelity.TABLE_HEADER)
+        for row in fidelity.table_rows(model, meta, split.images, split.labels, args.detector):
+            print(row, flush=True)
+        return
     metrics = evaluation.evaluate(model, meta, dataset, tta=not args.no_tta)
     histories = []
     for folder in args.checkpoint_dir or [training.DEFAULT_CHECKPOINT_DIR]:
@@ -292,6 +304,77 @@ def cmd_export_web(args) -> None:
     _note(f"wrote the static site to {folder}/; try: python -m http.server -d {folder}")
 
 
+def _add_train_options(train, architecture: str, out: str, checkpoint_dir: str, label_smoothing: float) -> None:
+    """The options train and distill share; the defaults that differ between them are parameters."""
+    from ferkit.model import ARCHITECTURES
+    from ferkit.training import TrainConfig
+
+    defaults = TrainConfig()
+    train.add_argument("input", nargs="?", help=_DATA_HELP)
+    train.add_argument("--architecture", default=architecture, choices=sorted(ARCHITECTURES),
+                       help="network to build (see ferkit.model)")
+    train.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs over the Training split")
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
+    second = defaults.second_stage("MODEL")
+
+    def stage_defaults(first, second_value):
+        return f"(default: {first:g}; {second_value:g} with --finetune-from)"
+
+    train.add_argument("--learning-rate", type=float,
+                       help="peak learning rate (SGD, Nesterov momentum, warm-up then cosine decay) "
+                            + stage_defaults(defaults.learning_rate, second.learning_rate))
+    train.add_argument("--warmup-epochs", type=int,
+                       help="epochs of linear learning-rate warm-up before the cosine decay "
+                            + stage_defaults(defaults.warmup_epochs, second.warmup_epochs))
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="decoupled weight decay")
+    train.add_argument("--label-smoothing", type=float, default=label_smoothing,
+                       help="share of each one-hot target spread over the other classes")
+    train.add_argument("--rotation", type=float, metavar="DEGREES",
+                       help="random rotation, drawn from [-DEGREES, DEGREES] "
+                            + stage_defaults(defaults.augmentation.rotation_degrees,
+                                             second.augmentation.rotation_degrees))
+    train.add_argument("--zoom", type=float,
+                       help="random scale, drawn from [1 - ZOOM, 1 + ZOOM] "
+                            + stage_defaults(defaults.augmentation.zoom, second.augmentation.zoom))
+    train.add_argument("--shift", type=float, default=defaults.augmentation.shift,
+                       help="random shift per axis, as a fraction of the image size")
+    train.add_argument("--erase-probability", type=float, default=defaults.augmentation.erase_probability,
+                       help="chance that an image gets a random rectangle of noise (random erasing)")
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--init-weights", metavar="MODEL",
+                       help="start from this saved model's weights (stem or .h5; same architecture and classes), "
+                            "e.g. to fine-tune the shipped fer model")
+    start.add_argument("--finetune-from", metavar="MODEL",
+                       help="a further training stage, as the shipped model's CPU networks were trained: start from "
+                            "MODEL (the previous stage's --out) with a lower learning rate and milder rotation "
+                            "and zoom")
+    train.add_argument("--average-last", type=int, default=defaults.average_last, metavar="N",
+                       help="stochastic weight averaging: end the cosine decay N epochs early, hold the learning "
+                            "rate at --average-learning-rate and average those N epochs' weights; the average "
+                            "(BatchNorm statistics recomputed) is saved if it beats the best epoch on PublicTest")
+    train.add_argument("--average-learning-rate", type=float, metavar="LR",
+                       help="the constant learning rate while averaging (default: a quarter of the peak)")
+    train.add_argument("--seed", type=int, default=defaults.seed,
+                       help="seed for weights, shuffling and augmentation: a run with the same seed sees the same "
+                            "augmented images in the same order, so give a further stage a new seed if it should "
+                            "see fresh ones")
+    train.add_argument("--threshold-accuracy", type=float, metavar="A",
+                       help="ThresholdStop: stop once training accuracy >= A (with --threshold-val-accuracy)")
+    train.add_argument("--threshold-val-accuracy", type=float, metavar="B",
+                       help="ThresholdStop: ... and PublicTest accuracy >= B (the original notebook: 0.75, 0.71)")
+    train.add_argument("--early-stopping", type=int, metavar="EPOCHS",
+                       help="stop when PublicTest accuracy has not improved for EPOCHS epochs")
+    train.add_argument("--class-weight", choices=["balanced"], help="weigh classes by inverse frequency")
+    train.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="auto: bfloat16 on CPUs/GPUs with fast bf16, float16 on older GPUs, else float32")
+    train.add_argument("--limit", type=int, metavar="N", help="use at most N random images per split (quick runs)")
+    train.add_argument("--out", default=out, help="model files stem: OUT.json, OUT.h5, ...")
+    train.add_argument("--checkpoint-dir", default=checkpoint_dir,
+                       help="per-epoch checkpoints and history.csv; give each training stage its own")
+    _add_subset_options(train)
+    _add_reading_options(train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ferkit",
@@ -338,70 +421,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT.json (architecture), OUT.h5 (weights), OUT.keras and OUT.meta.json (class names, "
                     "preprocessing). Checkpoints after every epoch: run the same command again after an "
                     "interruption and it resumes where it stopped.")
-    train.add_argument("input", nargs="?", help=_DATA_HELP)
-    train.add_argument("--architecture", default=DEFAULT_ARCHITECTURE, choices=sorted(ARCHITECTURES),
-                       help="network to build (see ferkit.model)")
-    train.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs over the Training split")
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
-    second = defaults.second_stage("MODEL")
+    _add_train_options(train, DEFAULT_ARCHITECTURE, "fer", DEFAULT_CHECKPOINT_DIR, defaults.label_smoothing)
+    train.add_argument("--teacher", metavar="MODEL",
+                       help="distil: train towards MODEL's probabilities mixed with the labels (see distill)")
+    train.set_defaults(func=cmd_train, teacher_weight=defaults.teacher_weight)
 
-    def stage_defaults(first, second_value):
-        return f"(default: {first:g}; {second_value:g} with --finetune-from)"
-
-    train.add_argument("--learning-rate", type=float,
-                       help="peak learning rate (SGD, Nesterov momentum, warm-up then cosine decay) "
-                            + stage_defaults(defaults.learning_rate, second.learning_rate))
-    train.add_argument("--warmup-epochs", type=int,
-                       help="epochs of linear learning-rate warm-up before the cosine decay "
-                            + stage_defaults(defaults.warmup_epochs, second.warmup_epochs))
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="decoupled weight decay")
-    train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
-                       help="share of each one-hot target spread over the other classes")
-    train.add_argument("--rotation", type=float, metavar="DEGREES",
-                       help="random rotation, drawn from [-DEGREES, DEGREES] "
-                            + stage_defaults(defaults.augmentation.rotation_degrees,
-                                             second.augmentation.rotation_degrees))
-    train.add_argument("--zoom", type=float,
-                       help="random scale, drawn from [1 - ZOOM, 1 + ZOOM] "
-                            + stage_defaults(defaults.augmentation.zoom, second.augmentation.zoom))
-    train.add_argument("--shift", type=float, default=defaults.augmentation.shift,
-                       help="random shift per axis, as a fraction of the image size")
-    train.add_argument("--erase-probability", type=float, default=defaults.augmentation.erase_probability,
-                       help="chance that an image gets a random rectangle of noise (random erasing)")
-    start = train.add_mutually_exclusive_group()
-    start.add_argument("--init-weights", metavar="MODEL",
-                       help="start from this saved model's weights (stem or .h5; same architecture and classes), "
-                            "e.g. to fine-tune the shipped fer model")
-    start.add_argument("--finetune-from", metavar="MODEL",
-                       help="a further training stage, as the shipped model's CPU networks were trained: start from "
-                            "MODEL (the previous stage's --out) with a lower learning rate and milder rotation "
-                            "and zoom")
-    train.add_argument("--average-last", type=int, default=defaults.average_last, metavar="N",
-                       help="stochastic weight averaging: end the cosine decay N epochs early, hold the learning "
-                            "rate at --average-learning-rate and average those N epochs' weights; the average "
-                            "(BatchNorm statistics recomputed) is saved if it beats the best epoch on PublicTest")
-    train.add_argument("--average-learning-rate", type=float, metavar="LR",
-                       help="the constant learning rate while averaging (default: a quarter of the peak)")
-    train.add_argument("--seed", type=int, default=defaults.seed,
-                       help="seed for weights, shuffling and augmentation: a run with the same seed sees the same "
-                            "augmented images in the same order, so give a further stage a new seed if it should "
-                            "see fresh ones")
-    train.add_argument("--threshold-accuracy", type=float, metavar="A",
-                       help="ThresholdStop: stop once training accuracy >= A (with --threshold-val-accuracy)")
-    train.add_argument("--threshold-val-accuracy", type=float, metavar="B",
-                       help="ThresholdStop: ... and PublicTest accuracy >= B (the original notebook: 0.75, 0.71)")
-    train.add_argument("--early-stopping", type=int, metavar="EPOCHS",
-                       help="stop when PublicTest accuracy has not improved for EPOCHS epochs")
-    train.add_argument("--class-weight", choices=["balanced"], help="weigh classes by inverse frequency")
-    train.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                       help="auto: bfloat16 on CPUs/GPUs with fast bf16, float16 on older GPUs, else float32")
-    train.add_argument("--limit", type=int, metavar="N", help="use at most N random images per split (quick runs)")
-    train.add_argument("--out", default="fer", help="model files stem: OUT.json, OUT.h5, ...")
-    train.add_argument("--checkpoint-dir", default=DEFAULT_CHECKPOINT_DIR,
-                       help="per-epoch checkpoints and history.csv; give each training stage its own")
-    _add_subset_options(train)
-    _add_reading_options(train)
-    train.set_defaults(func=cmd_train)
+    distill = commands.add_parser(
+        "distill", help="train a compact network (fer_lite) towards the shipped average's probabilities",
+        formatter_class=_DefaultsHelpFormatter,
+        description="Knowledge distillation: train a small network on the Training images towards the "
+                    "teacher's probabilities (each image and its mirror, computed once and cached in the "
+                    "checkpoint folder), mixed with the true labels by --teacher-weight; select on PublicTest "
+                    "and save OUT.json/.h5/.keras/.meta.json, loadable like fer (--model fer_lite). Resumes "
+                    "when run again, like train.")
+    _add_train_options(distill, "lite", "fer_lite", "checkpoints/fer_lite", 0.0)
+    distill.add_argument("--teacher", default="fer", metavar="MODEL", help="the model to learn from")
+    distill.add_argument("--teacher-weight", type=float, default=defaults.teacher_weight, metavar="W",
+                         help="targets: W x teacher probabilities + (1 - W) x one-hot label")
+    distill.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser(
         "evaluate", help="accuracy on PublicTest and PrivateTest, per-class scores, confusion matrix",
@@ -416,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
                                f"{DEFAULT_CHECKPOINT_DIR}); repeat it, in order, for a model trained in stages "
                                "(--finetune-from)")
     evaluate.add_argument("--no-tta", action="store_true", help="skip test-time augmentation")
+    evaluate.add_argument("--pipeline", choices=["PublicTest", "PrivateTest"], metavar="SPLIT",
+                          help="instead: accuracy through detect -> crop -> classify with the split's faces "
+                               "placed into larger frames, per condition, beside direct classification "
+                               "(ferkit.fidelity; PublicTest to tune, PrivateTest to report)")
+    evaluate.add_argument("--detector", default="yunet", choices=["yunet", "mtcnn", "haar"],
+                          help="face detector for --pipeline (default: yunet)")
     _add_reading_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -65,6 +65,10 @@ class TrainConfig:
     #: ``average_learning_rate``, which then holds while the epochs' weights are averaged.
     average_last: int = 0
     average_learning_rate: float | None = None  # None: a quarter of learning_rate
+    #: Distillation: a saved model whose probabilities on the Training images become the targets, mixed
+    #: with the true labels as ``teacher_weight * teacher + (1 - teacher_weight) * one-hot``.
+    teacher: str | None = None
+    teacher_weight: float = 0.7
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def second_stage(self, init_weights: str | Path, epochs: int | None = None) -> "TrainConfig":
@@ -139,8 +143,12 @@ def augment_batch(images: np.ndarray, augmentation: Augmentation, rng: np.random
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, *,
-                 training: bool, augmentation: Augmentation | None = None, seed: int = 0, first_epoch: int = 0):
+                 training: bool, augmentation: Augmentation | None = None, seed: int = 0, first_epoch: int = 0,
+                 targets: np.ndarray | None = None):
     """Batches of ((B, 48, 48, 1) float32 0-255, (B, num_classes) float32 one-hot), as a ``keras.utils.PyDataset``.
+
+    ``targets`` ((N, num_classes) float32, rows summing to 1) replaces the
+    one-hot labels, as distillation's soft targets do.
 
     With ``training`` the images are reshuffled every epoch (dropping the last
     partial batch) and augmented; batch ``i`` of epoch ``e`` depends only on
@@ -150,7 +158,8 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
     import keras
 
     x = to_model_input(images)
-    y = np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
+    y = np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)] if targets is None \
+        else np.asarray(targets, np.float32)
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -361,8 +370,10 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
 
     log_path = checkpoint_dir / "history.csv"
     previous = read_history(log_path)
+    targets = teacher_targets(config, train_split, checkpoint_dir) if config.teacher else None
     train_ds = make_dataset(train_split.images, train_split.labels, num_classes, batch_size, training=True,
-                            augmentation=config.augmentation, seed=config.seed, first_epoch=len(previous))
+                            augmentation=config.augmentation, seed=config.seed, first_epoch=len(previous),
+                            targets=targets)
     val_ds = make_dataset(val_split.images, val_split.labels, num_classes, 256, training=False)
     best_path = checkpoint_dir / "best.weights.h5"
     threshold = None
@@ -405,7 +416,7 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     if averager is not None and averager.epochs:
         model, averaged = _choose_average(model, averager, config.architecture, num_classes, train_ds, val_split)
     meta = ModelMeta(class_names=list(data.class_names), architecture=config.architecture,
-                     label_map=dict(data.label_map),
+                     label_map=dict(data.label_map), **crop_settings(config.teacher),
                      training={"config": asdict(config), "dataset": data.source, "precision": policy,
                                "best_epoch": int(best["epoch"]) + 1, "epochs_run": len(history),
                                "best_public_test_accuracy": best["val_accuracy"],
@@ -421,6 +432,47 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
                        best_val_accuracy=best["val_accuracy"],
                        threshold_epoch=threshold.stopped_epoch if threshold else None,
                        wall_seconds=wall, files=files, averaged=averaged)
+
+
+def crop_settings(teacher: str | None = None) -> dict:
+    """How faces are cut out for a new model: its teacher's settings when distilling, else the measured
+    FER-2013 framing (:data:`ferkit.faces.FER2013_CROP`). A model trained on FER-2013's crops expects them."""
+    if teacher:
+        from ferkit.model import read_meta
+
+        meta = read_meta(teacher)
+        return {"face_margin": meta.face_margin, "face_offset": meta.face_offset, "face_align": meta.face_align}
+    from ferkit.faces import FER2013_CROP
+
+    return dict(FER2013_CROP)
+
+
+def teacher_targets(config: TrainConfig, train_split: FerDataset, checkpoint_dir: Path) -> np.ndarray:
+    """Distillation targets (N, classes) float32 for the Training images: the teacher's probabilities
+    (mean over each image and its mirror image) mixed with the one-hot labels by ``config.teacher_weight``.
+
+    The teacher runs once, on the unaugmented images, and its outputs are kept in
+    ``checkpoint_dir/teacher.npy`` for a resumed run: running the teacher on every augmented batch would cost
+    more than training the student. Each augmented view of an image is trained towards that image's targets.
+    """
+    from ferkit.model import load_model
+
+    cache = checkpoint_dir / "teacher.npy"
+    if cache.exists():
+        probabilities = np.load(cache)
+    else:
+        teacher, meta = load_model(config.teacher)
+        if list(meta.class_names) != list(train_split.class_names):
+            raise ValueError(f"{config.teacher}: its classes {meta.class_names} differ from the data's "
+                             f"{list(train_split.class_names)}; distil from a model trained on the same classes")
+        images = train_split.images
+        probabilities = (predict_probabilities(teacher, images) + predict_probabilities(teacher, images[:, :, ::-1])) / 2
+        np.save(cache, probabilities)
+    if probabilities.shape != (len(train_split), len(train_split.class_names)):
+        raise ValueError(f"{cache}: teacher outputs of shape {probabilities.shape} do not fit "
+                         f"{len(train_split)} Training images; delete it to rerun the teacher")
+    one_hot = np.eye(len(train_split.class_names), dtype=np.float32)[train_split.labels]
+    return (config.teacher_weight * probabilities + (1 - config.teacher_weight) * one_hot).astype(np.float32)
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):

@@ -167,6 +167,48 @@ def test_crop_is_square_with_margin_and_survives_the_border():
     assert edge.shape == (48, 48) and edge[:, 0].max() == 0  # replicated border, not wrapped
 
 
+def test_crop_offset_moves_the_square_down():
+    gray = np.tile(np.arange(200, dtype=np.uint8)[:, None], (1, 100))  # a vertical ramp: value = row
+    face = faces.Face((20, 40, 60, 60), 1.0)
+    plain = faces.crop_face(gray, face, 60, margin=0.0)
+    lower = faces.crop_face(gray, face, 60, margin=0.0, offset=0.1)
+    assert abs(int(lower[30, 30]) - int(plain[30, 30]) - 6) <= 1  # 0.1 of a 60-pixel side
+
+
+def test_eye_angle_sign_and_missing_landmarks():
+    level = np.array([[10, 20], [30, 20], [20, 30], [12, 40], [28, 40]], np.float32)
+    tilted = level.copy()
+    tilted[1, 1] = 40  # the image-right eye 20 px lower over 20 px: 45 degrees
+    assert faces.eye_angle(faces.Face((0, 0, 40, 50), 1.0, level)) == 0.0
+    assert np.isclose(faces.eye_angle(faces.Face((0, 0, 40, 50), 1.0, tilted)), np.pi / 4)
+    assert faces.eye_angle(faces.Face((0, 0, 40, 50), 1.0)) == 0.0
+
+
+@pytest.mark.parametrize("degrees", [-18, 12])
+def test_aligned_crop_of_a_tilted_face_matches_the_upright_one(astronaut, degrees):
+    import cv2
+
+    upright = faces.detect_faces(astronaut)[0]
+    turn = cv2.getRotationMatrix2D(upright.center, degrees, 1.0)
+    tilted_image = cv2.warpAffine(astronaut, turn, astronaut.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+    # The same face, turned: same box centre, landmarks turned with it (the detector's own landmark
+    # accuracy is measured by benchmarks/bench_pipeline.py, not here).
+    landmarks = np.c_[upright.landmarks, np.ones(5)] @ turn.T
+    tilted = faces.Face(upright.box, upright.score, landmarks.astype(np.float32))
+    assert abs(np.degrees(faces.eye_angle(tilted) - faces.eye_angle(upright)) + degrees) < 0.1
+    gray, tilted_gray = images.to_gray(astronaut), images.to_gray(tilted_image)
+    reference = faces.crop_face(gray, upright, 48, 0.0, 0.05, align=True).astype(float)
+    aligned = faces.crop_face(tilted_gray, tilted, 48, 0.0, 0.05, align=True).astype(float)
+    unaligned = faces.crop_face(tilted_gray, tilted, 48, 0.0, 0.05, align=False).astype(float)
+    # Levelled, the tilted face lines up with the upright one far better than its plain crop does.
+    assert np.abs(aligned - reference).mean() < 0.25 * np.abs(unaligned - reference).mean()
+
+
+def test_predictor_align_defaults_to_the_model_and_can_be_turned_off(predictor, random_model):
+    assert predictor.align == predictor.meta.face_align
+    assert Predictor(random_model, align=not predictor.meta.face_align).align is (not predictor.meta.face_align)
+
+
 # ---------------------------------------------------------------- one preprocessing path
 
 
@@ -188,7 +230,9 @@ def test_training_and_inference_feed_the_model_the_same_way(predictor, astronaut
     finally:
         predictor._forward = real_forward
     found = faces.detect_faces(astronaut)
-    expected = faces.crop_face(images.to_gray(astronaut), found[0], 48, predictor.meta.face_margin)
+    meta = predictor.meta
+    expected = faces.crop_face(images.to_gray(astronaut), found[0], 48, meta.face_margin, meta.face_offset,
+                               predictor.align)
     np.testing.assert_array_equal(seen[0], to_model_input(expected[None]))
     assert len(result.faces) == 1
 

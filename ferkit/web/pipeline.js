@@ -3,8 +3,8 @@
 //
 //   RGBA frame -> YuNet on BGR, padded to a multiple of 32 (OpenCV's FaceDetectorYN decoding and NMS)
 //   -> boxes rounded half to even, clipped, sorted left to right
-//   -> grayscale with OpenCV's fixed-point weights -> square crop with the model's face_margin, edges
-//   repeated -> resize to 48x48 (area averaging when shrinking, bilinear when enlarging)
+//   -> grayscale with OpenCV's fixed-point weights -> square crop with the model's face_margin and
+//   face_offset, turned to level the eyes where face_align, edges repeated -> resize to 48x48 (area averaging when shrinking, bilinear when enlarging)
 //   -> the classifier's ONNX graph -> probabilities.
 //
 // Everything runs in ONNX Runtime Web; no frame leaves the browser.
@@ -134,17 +134,47 @@ function resizeLinear(src, sw, sh, dw, dh) {
   return out;
 }
 
-// ferkit.faces.crop_face: square around the box centre, grown by `margin` per side, edges repeated.
-export function cropFace(gray, box, size, margin) {
-  const [bx, by, bw, bh] = box;
-  const cx = bx + bw / 2, cy = by + bh / 2;
+// ferkit.faces.eye_angle: the tilt of the eye line (landmarks 0 and 1: the image-left and image-right eye).
+export function eyeAngle(landmarks) {
+  if (!landmarks) return 0;
+  const [[rx, ry], [lx, ly]] = landmarks;
+  return lx > rx ? Math.atan2(ly - ry, lx - rx) : 0;
+}
+
+// ferkit.faces.crop_face: a square of side max(w, h) * (1 + 2 margin) around the box centre moved down by
+// `offset` of the side; with `align`, turned with the eye line (one bilinear similarity transform, as
+// cv2.warpAffine); edges repeated; then resized to size x size.
+export function cropFace(gray, face, size, { margin, offset = 0, align = false }) {
+  const [bx, by, bw, bh] = face.box;
+  let cx = bx + bw / 2, cy = by + bh / 2;
   const side = Math.max(bw, bh) * (1 + 2 * margin);
-  const x0 = roundHalfEven(cx - side / 2), y0 = roundHalfEven(cy - side / 2);
-  const n = roundHalfEven(side);
+  const angle = align ? eyeAngle(face.landmarks) : 0;
+  const n = Math.max(1, roundHalfEven(side));
   const crop = new Uint8Array(n * n);
-  for (let y = 0; y < n; y++) {
-    const row = clampIndex(y0 + y, gray.height) * gray.width;
-    for (let x = 0; x < n; x++) crop[y * n + x] = gray.data[row + clampIndex(x0 + x, gray.width)];
+  if (angle) {
+    const m = n, cos = Math.cos(angle), sin = Math.sin(angle), half = (m - 1) / 2, scale = side / m;
+    cx -= sin * offset * side;
+    cy += cos * offset * side;
+    for (let v = 0; v < m; v++) {
+      for (let u = 0; u < m; u++) {
+        // Crop pixel (u, v) samples the image at centre + scale * R(angle) (u - half, v - half), pixel centres at integers.
+        const sx = cx + scale * (cos * (u - half) - sin * (v - half)) - 0.5;
+        const sy = cy + scale * (sin * (u - half) + cos * (v - half)) - 0.5;
+        const x0 = Math.floor(sx), y0 = Math.floor(sy), fx = sx - x0, fy = sy - y0;
+        const xa = clampIndex(x0, gray.width), xb = clampIndex(x0 + 1, gray.width);
+        const ya = clampIndex(y0, gray.height) * gray.width, yb = clampIndex(y0 + 1, gray.height) * gray.width;
+        const top = gray.data[ya + xa] * (1 - fx) + gray.data[ya + xb] * fx;
+        const bottom = gray.data[yb + xa] * (1 - fx) + gray.data[yb + xb] * fx;
+        crop[v * m + u] = Math.min(255, Math.max(0, Math.round(top * (1 - fy) + bottom * fy)));
+      }
+    }
+  } else {
+    cy += offset * side;
+    const x0 = roundHalfEven(cx - side / 2), y0 = roundHalfEven(cy - side / 2);
+    for (let y = 0; y < n; y++) {
+      const row = clampIndex(y0 + y, gray.height) * gray.width;
+      for (let x = 0; x < n; x++) crop[y * n + x] = gray.data[row + clampIndex(x0 + x, gray.width)];
+    }
   }
   return n > size ? resizeArea(crop, n, n, size, size) : resizeLinear(crop, n, n, size, size);
 }
@@ -212,7 +242,8 @@ export class Pipeline {
     const found = await this.detect(image);
     const t1 = performance.now();
     const gray = toGray(image);
-    const crops = found.map((face) => cropFace(gray, face.box, this.meta.input_size, this.meta.face_margin));
+    const { face_margin: margin, face_offset: offset, face_align: align } = this.meta;
+    const crops = found.map((face) => cropFace(gray, face, this.meta.input_size, { margin, offset, align }));
     const t2 = performance.now();
     const probabilities = await this.classify(crops);
     const t3 = performance.now();

@@ -1,0 +1,82 @@
+"""The pipeline-fidelity benchmark (ferkit.fidelity) and the crop settings it chose for the shipped model."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ferkit import data, faces, fidelity
+from ferkit.model import load_model, predict_probabilities
+
+
+def test_frames_are_reproducible_and_hold_the_face_where_they_say():
+    face = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    condition = fidelity.Condition("anywhere", size=(96, 200), centred=False)
+    frame, (cx, cy, side) = fidelity.make_frame(face, condition, np.random.default_rng((3, 1)))
+    again, truth = fidelity.make_frame(face, condition, np.random.default_rng((3, 1)))
+    np.testing.assert_array_equal(frame, again)
+    assert truth == (cx, cy, side) and 96 <= side <= 200 and frame.shape == (480, 640, 3)
+    x0, y0 = int(cx - side / 2), int(cy - side / 2)
+    placed = frame[y0:y0 + side, x0:x0 + side, 0]
+    import cv2
+
+    np.testing.assert_array_equal(placed, cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC))
+
+
+def test_find_face_takes_the_placed_face_only():
+    truth = (320.0, 240.0, 192)
+    right = faces.Face((230, 150, 180, 190), 0.9)
+    elsewhere = faces.Face((20, 20, 180, 190), 0.99)
+    too_small = faces.Face((300, 220, 40, 40), 0.99)
+    assert fidelity.find_face([elsewhere, right, too_small], truth) is right
+    assert fidelity.find_face([elsewhere, too_small], truth) is None
+
+
+def test_score_compares_the_same_faces_and_leaves_out_the_missed():
+    labels = np.array([0, 1, 2, 3])
+    direct = np.eye(4)[[0, 1, 0, 0]]  # right on faces 0 and 1
+    pipeline = np.eye(4)[[0, 0, 2, 3]].astype(float)  # right on 0, 2, 3
+    pipeline[3] = np.nan  # face 3 was not found
+    result = fidelity.score(labels, direct, pipeline)
+    assert result["found"] == 0.75
+    assert result["accuracy"] == pytest.approx(2 / 3) and result["direct"] == pytest.approx(2 / 3)
+    assert result["gap"] == pytest.approx(0.0)
+    low, high = result["accuracy_interval"]
+    assert 0 <= low <= 2 / 3 <= high <= 1
+
+
+def test_bootstrap_interval_narrows_with_more_data():
+    rng = np.random.default_rng(0)
+    few, many = (rng.uniform(size=n) < 0.7 for n in (50, 5000))
+    width = lambda v: np.subtract(*fidelity.bootstrap_interval(v.astype(float))[::-1])
+    assert width(many) < width(few) / 4
+
+
+@pytest.fixture(scope="module")
+def public_faces(real_fer2013):
+    split = data.load_fer2013(real_fer2013, progress=False).split("PublicTest")
+    return split.images[:80], split.labels[:80]
+
+
+def test_real_faces_survive_the_pipeline_with_the_shipped_crop(public_faces):
+    images, labels = public_faces
+    model, meta = load_model()
+    direct = predict_probabilities(model, images)
+    for condition in (fidelity.CONDITIONS[0], fidelity.CONDITIONS[6]):
+        found = fidelity.detect(images, condition)
+        result = fidelity.score(labels, direct, fidelity.classify_found(
+            model, found, meta.input_size, meta.face_margin, meta.face_offset, meta.face_align))
+        assert result["found"] >= 0.85, condition
+        # A wrong crop (offset sign, eye-angle sign, channel order) costs far more than this.
+        assert result["gap"] > -0.12, (condition, result)
+
+
+def test_evaluate_pipeline_prints_one_row_per_condition(real_fer2013, tmp_path):
+    small = tmp_path / "small.npz"
+    data.write_npz(data.load_fer2013(real_fer2013, progress=False).limit(6), small)
+    result = subprocess.run([sys.executable, "-m", "ferkit", "evaluate", str(small), "--pipeline", "PublicTest"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines()[2:] if line.startswith("| ")]  # after the header
+    assert [row.split(" | ")[0][2:] for row in rows] == [c.name for c in fidelity.CONDITIONS]
