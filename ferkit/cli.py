@@ -49,6 +49,9 @@ def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
                         help="face detector (default: yunet; mtcnn is slower but finds rotated faces)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: average each face over its mirror image and small shifts")
+    parser.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
+                        help="turn each face so its eyes are level before classifying it "
+                             "(default: the model's face_align setting)")
     parser.add_argument("--out", default="annotated", help="folder for annotated copies (default: annotated)")
     parser.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS, metavar="N",
                         help=f"refuse images of more than N pixels before decoding them (default: {MAX_IMAGE_PIXELS})")
@@ -115,7 +118,8 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 def _predictor(args):
     from ferkit.prediction import Predictor
 
-    return Predictor(args.model, detector=args.detector, tta=args.tta, max_pixels=args.max_pixels or None)
+    return Predictor(args.model, detector=args.detector, tta=args.tta, max_pixels=args.max_pixels or None,
+                     align=args.align)
 
 
 def _print_results(args, results, passed, class_names, single: bool = False) -> None:

@@ -143,6 +143,34 @@ def test_the_page_gives_predictors_answers_on_the_same_frame(server, browser, sc
     assert_same_origin(page, server)
 
 
+@pytest.mark.parametrize("degrees, offset", [(0, 0.0), (17, 0.05), (-23, -0.03)])
+def test_the_pages_crop_equals_crop_face_also_turned_and_moved(server, browser, degrees, offset):
+    """pipeline.js's cropFace against ferkit.faces.crop_face on a tilted face, with and without levelling."""
+    from ferkit import faces
+    from ferkit.images import sample_image, to_gray
+
+    gray = to_gray(sample_image())
+    face = faces.detect_faces(sample_image())[0]
+    turn = cv2.getRotationMatrix2D(face.center, degrees, 1.0)
+    landmarks = (np.c_[face.landmarks, np.ones(5)] @ turn.T).astype(np.float32)
+    face = faces.Face(face.box, face.score, landmarks)
+    page = Page(browser, server, None)
+    for align in (False, True):
+        in_page = page.page.evaluate(
+            """async ([data, width, height, face, offset, align]) => {
+                 const { cropFace } = await import("./pipeline.js");
+                 const gray = { data: Uint8Array.from(data), width, height };
+                 return Array.from(cropFace(gray, face, 48, { margin: -0.05, offset, align }));
+               }""",
+            [gray.ravel().tolist(), gray.shape[1], gray.shape[0],
+             {"box": list(face.box), "landmarks": face.landmarks.tolist()}, offset, align])
+        expected = faces.crop_face(gray, face, 48, -0.05, offset, align).astype(int)
+        difference = np.abs(np.array(in_page).reshape(48, 48) - expected)
+        # OpenCV's bilinear warp works in 1/32-pixel steps; the page in floating point.
+        assert difference.max() <= (0 if not align or not degrees else 3), (align, difference.max())
+        assert difference.mean() <= 0.5
+
+
 def test_live_view_labels_the_camera_face_and_measures_fps(server, browser):
     page = Page(browser, server, os.environ.get("FERKIT_SCREENSHOTS"))
     if page.page.is_enabled("#live-start"):  # live starts by itself once camera permission is granted

@@ -1,0 +1,108 @@
+"""The model table: every shipped model and the average's members, side by side in one run.
+
+    python benchmarks/bench_models.py [--models fer fer_lite] [--data fer2013.zip]
+
+Per model: parameters, size on disk (.h5), PrivateTest accuracy classifying
+the dataset's crops (plain Keras load, no test-time augmentation) and through
+the photo pipeline (the faces placed at 192 px in a grey 640x480 frame,
+detected by YuNet and cropped with the model's settings; accuracy on the found
+faces), faces per second at batch 1 and 64 (median of repeated timed calls of
+the model's traced graph, as Predictor runs it; the calls of all models are
+interleaved so load on the machine hits them alike), and how it was trained.
+The average's members are measured as networks of their own (no size on disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ferkit import data, fidelity  # noqa: E402
+from ferkit.model import load_model, networks_of, predict_probabilities, resolve_model  # noqa: E402
+
+
+def traced(model):
+    import tensorflow as tf
+
+    return tf.function(lambda x: model(x, training=False),
+                       input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
+
+
+def throughput(forwards: dict, batch: int, rounds: int = 5, calls: int = 40) -> dict:
+    """Faces per second per model: the median over ``rounds`` of ``calls`` timed calls, models interleaved."""
+    x = np.random.default_rng(0).uniform(0, 255, (batch, 48, 48, 1)).astype(np.float32)
+    times = {name: [] for name in forwards}
+    for forward in forwards.values():
+        forward(x)
+    for _ in range(rounds):
+        for name, forward in forwards.items():
+            started = time.perf_counter()
+            for _ in range(calls):
+                forward(x).numpy()
+            times[name].append((time.perf_counter() - started) / calls)
+    return {name: batch / float(np.median(values)) for name, values in times.items()}
+
+
+def trained(record: dict) -> str:
+    """Training time and hardware from a model's record, all stages of a staged model (and members) summed."""
+    training = record.get("training") or {}
+    if "members" in training:
+        minutes = sum(float(trained(member).split(" min")[0]) for member in training["members"])
+        return f"{minutes:.0f} min, its members'"
+    seconds, stages, inner = training.get("train_seconds") or 0, 1, training
+    while "init_weights_training" in inner:
+        inner = inner["init_weights_training"]
+        stages += 1
+        seconds += inner.get("train_seconds") or 0
+    hardware = (training.get("hardware") or "").split(" (")[0]
+    return f"{seconds / 60:.0f} min, {hardware}" + (f", {stages} stages" if stages > 1 else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["fer", "fer_lite"])
+    parser.add_argument("--data", default=None, help="FER-2013 (default $FERKIT_DATA)")
+    args = parser.parse_args()
+
+    test = data.load_fer2013(data.dataset_path(args.data), progress=False).split("PrivateTest")
+    found = fidelity.detect(test.images, fidelity.CONDITIONS[0])
+    rows = []
+    for stem in args.models:
+        model, meta = load_model(stem)
+        members = networks_of(model, meta, stem)
+        entries = [(stem, model, meta, {"training": meta.training}, resolve_model(stem).with_suffix(".h5"))]
+        if len(members) > 1:
+            entries += [(f"{stem} member {i}: {record['architecture']}", network, meta, record, None)
+                        for i, (network, record) in enumerate(members, start=1)]
+        for name, network, meta, record, h5 in entries:
+            direct = predict_probabilities(network, test.images)
+            pipeline = fidelity.classify_found(network, found, meta.input_size, meta.face_margin, meta.face_offset,
+                                               meta.face_align)
+            scores = fidelity.score(test.labels, direct, pipeline)
+            rows.append({"name": name, "forward": traced(network), "parameters": network.count_params(),
+                         "size": f"{os.path.getsize(h5) / 2**20:.1f} MB" if h5 else "-",
+                         "direct": (direct.argmax(1) == test.labels).mean(), "pipeline": scores["accuracy"],
+                         "trained": trained(record)})
+    forwards = {row["name"]: row["forward"] for row in rows}
+    single, batched = throughput(forwards, 1), throughput(forwards, 64, calls=5)
+    print(f"PrivateTest, {len(test)} faces; pipeline: 192 px face in a 640x480 grey frame, YuNet, "
+          f"{100 * np.mean([f is not None for f in found.faces]):.1f}% found\n")
+    print("| model | parameters | size (.h5) | PrivateTest, crops | PrivateTest, through the pipeline "
+          "| faces/s, batch 1 | faces/s, batch 64 | training |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['name']} | {row['parameters'] / 1e6:.2f}M | {row['size']} | {100 * row['direct']:.2f}% "
+              f"| {100 * row['pipeline']:.2f}% | {single[row['name']]:.0f} | {batched[row['name']]:.0f} "
+              f"| {row['trained']} |")
+
+
+if __name__ == "__main__":
+    main()
