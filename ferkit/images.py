@@ -109,9 +109,14 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = MAX_IMAG
         raise ImageError(f"{name}: truncated JPEG (no end-of-image marker): the file was cut short; "
                          "copy or download it again")
     # IMREAD_COLOR applies the EXIF orientation tag; 16-bit and gray files come back as 8-bit BGR.
-    with _native_messages(name):
+    with _native_messages() as messages:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
+    if image is not None:
+        import warnings
+
+        for message in messages:  # decoded, but the library saw damage: say which file
+            warnings.warn(f"{name}: {message}", ImageWarning, stacklevel=3)
+    else:
         try:  # Pillow reads a few formats this OpenCV build may lack.
             from PIL import Image, ImageOps
 
@@ -130,34 +135,34 @@ _native_lock = threading.Lock()
 
 
 @contextmanager
-def _native_messages(name: str):
-    """Turn what libjpeg/libpng print while decoding ("Corrupt JPEG data: ...") into an ImageWarning naming the file.
+def _native_messages():
+    """Collect what libjpeg/libpng print while decoding ("Corrupt JPEG data: ...") into the list it yields.
 
     The C libraries write straight to the process's stderr, where the message
     would appear without a file name; decoding holds a lock while stderr
-    points at a temporary file, then the message is raised as a warning.
+    points at a temporary file. OpenCV's own log lines ("[ WARN:0@...]") are
+    left out: they restate a failure that is then reported as an ImageError.
     """
     import tempfile
-    import warnings
 
+    messages: list[str] = []
     try:
         sys.stderr.flush()
         saved = os.dup(2)
-    except (OSError, ValueError):  # no usable stderr (some embedded interpreters): nothing to name
-        yield
+    except (OSError, ValueError):  # no usable stderr (some embedded interpreters): nothing to collect
+        yield messages
         return
     with _native_lock, tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
-            yield
+            yield messages
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        capture.seek(0)
-        printed = capture.read().decode("utf-8", errors="replace").strip()
-    for line in printed.splitlines():
-        if line.strip():
-            warnings.warn(f"{name}: {line.strip()}", ImageWarning, stacklevel=4)
+            capture.seek(0)
+            printed = capture.read().decode("utf-8", errors="replace")
+            messages += [line.strip() for line in printed.splitlines()
+                         if line.strip() and not line.lstrip().startswith(("[ WARN:", "[ERROR:", "[ INFO:"))]
 
 
 def _too_large(name: str, width: int, height: int, max_pixels: int) -> str:
