@@ -174,7 +174,7 @@ def test_validation_batches_keep_order_and_the_last_partial_batch():
     np.testing.assert_array_equal(np.concatenate([batches[i][0] for i in range(3)]), to_model_input(images))
 
 
-@pytest.mark.parametrize("name", ["vgg", "seed_cnn", "vgg_small"])
+@pytest.mark.parametrize("name", ["vgg", "seed_cnn", "vgg_small", "lite"])
 def test_architectures_normalise_inside(name):
     model = build_model(name, num_classes=5)
     assert isinstance(model.layers[1], keras.layers.Rescaling) and model.layers[1].scale == pytest.approx(1 / 255)
@@ -656,3 +656,45 @@ def test_train_and_evaluate_commands(cartoon, tmp_path, capsys):
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["PrivateTest"]["images"] == 28 and metrics["training"]["command"] == meta["training"]["command"]
     assert (tmp_path / "r" / "confusion_matrix.png").exists() and (tmp_path / "r" / "training_curves.png").exists()
+
+
+def test_lite_is_compact():
+    assert build_model("lite").count_params() <= 1_500_000  # fer_lite's budget (issue: compact distilled model)
+
+
+def test_distillation_targets_mix_teacher_and_labels_and_are_cached(cartoon, tmp_path):
+    teacher = build_model("vgg_small")
+    save_model(teacher, tmp_path / "model" / "teacher", ModelMeta(architecture="vgg_small"))
+    train_split = cartoon.split("Training")
+    config = training.TrainConfig(teacher=str(tmp_path / "model" / "teacher"), teacher_weight=0.6)
+    targets = training.teacher_targets(config, train_split, tmp_path)
+    images = train_split.images
+    expected_teacher = (teacher.predict(to_model_input(images), verbose=0)
+                        + teacher.predict(to_model_input(images[:, :, ::-1]), verbose=0)) / 2
+    one_hot = np.eye(7)[train_split.labels]
+    np.testing.assert_allclose(targets, 0.6 * expected_teacher + 0.4 * one_hot, atol=1e-5)
+    np.testing.assert_allclose(targets.sum(1), 1, atol=1e-5)
+    # A resumed run takes the cached outputs: the teacher's files are no longer needed.
+    for path in (tmp_path / "model").iterdir():
+        path.unlink()
+    np.testing.assert_allclose(training.teacher_targets(config, train_split, tmp_path), targets)
+    with pytest.raises(ValueError, match="do not fit"):
+        training.teacher_targets(config, cartoon.limit(2).split("Training"), tmp_path)
+
+
+def test_distill_trains_a_student_that_keeps_the_teachers_crop(cartoon, tmp_path):
+    from ferkit import data
+
+    save_model(build_model("vgg_small"), tmp_path / "teacher",
+               ModelMeta(architecture="vgg_small", face_margin=-0.05, face_offset=0.02, face_align=True))
+    npz = data.write_npz(cartoon, tmp_path / "c.npz")
+    result = subprocess.run([sys.executable, "-m", "ferkit", "distill", str(npz), "--teacher",
+                             str(tmp_path / "teacher"), "--epochs", "1", "--batch-size", "32", "--no-progress",
+                             "--out", str(tmp_path / "student"), "--checkpoint-dir", str(tmp_path / "ck")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    student, meta = load_model(tmp_path / "student")
+    assert meta.architecture == "lite" and student.count_params() == build_model("lite").count_params()
+    assert (meta.face_margin, meta.face_offset, meta.face_align) == (-0.05, 0.02, True)
+    assert meta.training["config"]["teacher"] == str(tmp_path / "teacher")
+    assert (tmp_path / "ck" / "teacher.npy").exists()
