@@ -365,11 +365,8 @@ def folder_images(folder: str | Path, recursive: bool = False) -> tuple[list[Pat
     """
     folder = Path(folder)
     images, passed = [], []
-    subfolders = 0
     for directory, names, filenames in os.walk(folder):
         names[:] = sorted(n for n in names if not n.startswith(".")) if recursive else []
-        if not recursive:
-            subfolders = sum(1 for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
         for filename in sorted(filenames):
             path = Path(directory) / filename
             if filename.startswith("."):
@@ -379,6 +376,8 @@ def folder_images(folder: str | Path, recursive: bool = False) -> tuple[list[Pat
             else:
                 images.append(path)
     if not images and not passed:
+        subfolders = 0 if recursive or not folder.is_dir() else \
+            sum(1 for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
         hint = f"; it has {subfolders} subfolder(s): add --recursive (recursive=True) to look inside" if subfolders else ""
         raise ImageError(f"{folder}: no images found{hint}")
     return images, passed

@@ -94,16 +94,21 @@ def test_portable_config_keeps_what_a_class_cannot_rebuild_without():
     assert keras.saving.deserialize_keras_object(config).get_config() == layer.get_config()
 
 
-@pytest.mark.skipif(not (ROOT / "fer.json").exists(), reason="no shipped model in this checkout")
+SHIPPED = [pytest.param(name, marks=pytest.mark.skipif(not (ROOT / f"{name}.json").exists(),
+                                                       reason=f"no shipped {name} in this checkout"))
+           for name in ("fer", "fer_lite")]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 @pytest.mark.parametrize("python", compat_pythons())
-def test_shipped_model_predicts_identically_on_other_keras_versions(python, faces, tmp_path):
+def test_shipped_model_predicts_identically_on_other_keras_versions(python, name, faces, tmp_path):
     np.save(tmp_path / "faces.npy", faces)
-    stem = str(ROOT / "fer")
+    stem = str(ROOT / name)
     result = subprocess.run([python, "-c", PLAIN_KERAS, stem, str(tmp_path / "faces.npy"), str(tmp_path / "p.npy")],
                             capture_output=True, text=True, env=ENV, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    model = keras.models.model_from_json((ROOT / "fer.json").read_text())
-    model.load_weights(ROOT / "fer.h5")
+    model = keras.models.model_from_json((ROOT / f"{name}.json").read_text())
+    model.load_weights(ROOT / f"{name}.h5")
     here = model.predict(faces, verbose=0)
     for name in ("p.npy", "p_keras.npy"):
         there = np.load(tmp_path / name)

@@ -88,18 +88,20 @@ def test_splits_have_matching_image_statistics(real):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(not (ROOT / "results" / "metrics.json").exists(), reason="no shipped results/metrics.json")
-def test_shipped_model_in_plain_keras_reproduces_reported_accuracy(real, tmp_path):
-    """The README's headline: fer.json + fer.h5, loaded without ferkit, score what metrics.json says."""
-    reported = json.loads((ROOT / "results" / "metrics.json").read_text())
+@pytest.mark.parametrize("name, metrics", [
+    pytest.param(name, metrics, marks=pytest.mark.skipif(not (ROOT / metrics).exists(), reason=f"no shipped {metrics}"))
+    for name, metrics in (("fer", "results/metrics.json"), ("fer_lite", "results/fer_lite/metrics.json"))])
+def test_shipped_model_in_plain_keras_reproduces_reported_accuracy(real, tmp_path, name, metrics):
+    """The README's headline: fer.json + fer.h5 (and fer_lite's), loaded without ferkit, score what metrics.json says."""
+    reported = json.loads((ROOT / metrics).read_text())
     for split in ("PublicTest", "PrivateTest"):
         part = real.split(split)
         np.save(tmp_path / f"{split}.npy", part.images)
         np.save(tmp_path / f"{split}_labels.npy", part.labels)
     script = f"""
         import json, sys, numpy as np, keras
-        model = keras.models.model_from_json(open({str(ROOT / "fer.json")!r}).read())
-        model.load_weights({str(ROOT / "fer.h5")!r})
+        model = keras.models.model_from_json(open({str(ROOT / f"{name}.json")!r}).read())
+        model.load_weights({str(ROOT / f"{name}.h5")!r})
         # The documented preprocessing: (N, 48, 48, 1) float32 grayscale, pixel values 0-255.
         scores = {{}}
         for split in ("PublicTest", "PrivateTest"):
