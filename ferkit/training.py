@@ -437,13 +437,13 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
 def crop_settings(teacher: str | None = None) -> dict:
     """How faces are cut out for a new model: its teacher's settings when distilling, else the measured
     FER-2013 framing (:data:`ferkit.faces.FER2013_CROP`). A model trained on FER-2013's crops expects them."""
+    from ferkit.faces import FER2013_CROP
+
     if teacher:
         from ferkit.model import read_meta
 
         meta = read_meta(teacher)
-        return {"face_margin": meta.face_margin, "face_offset": meta.face_offset, "face_align": meta.face_align}
-    from ferkit.faces import FER2013_CROP
-
+        return {name: getattr(meta, name) for name in FER2013_CROP}
     return dict(FER2013_CROP)
 
 
@@ -452,14 +452,20 @@ def teacher_targets(config: TrainConfig, train_split: FerDataset, checkpoint_dir
     (mean over each image and its mirror image) mixed with the one-hot labels by ``config.teacher_weight``.
 
     The teacher runs once, on the unaugmented images, and its outputs are kept in
-    ``checkpoint_dir/teacher.npy`` for a resumed run: running the teacher on every augmented batch would cost
-    more than training the student. Each augmented view of an image is trained towards that image's targets.
+    ``checkpoint_dir/teacher.npz`` (with the teacher's name) for a resumed run: running the teacher on every
+    augmented batch would cost more than training the student. Each augmented view of an image is trained
+    towards that image's targets.
     """
+    from ferkit import files
     from ferkit.model import load_model
 
-    cache = checkpoint_dir / "teacher.npy"
+    cache = checkpoint_dir / "teacher.npz"
     if cache.exists():
-        probabilities = np.load(cache)
+        with np.load(cache) as stored:
+            probabilities, cached_teacher = stored["probabilities"], str(stored["teacher"])
+        if cached_teacher != str(config.teacher):
+            raise ValueError(f"{cache}: holds the outputs of teacher {cached_teacher}, not {config.teacher}; "
+                             "give this run its own --checkpoint-dir, or delete the file")
     else:
         teacher, meta = load_model(config.teacher)
         if list(meta.class_names) != list(train_split.class_names):
@@ -467,7 +473,8 @@ def teacher_targets(config: TrainConfig, train_split: FerDataset, checkpoint_dir
                              f"{list(train_split.class_names)}; distil from a model trained on the same classes")
         images = train_split.images
         probabilities = (predict_probabilities(teacher, images) + predict_probabilities(teacher, images[:, :, ::-1])) / 2
-        np.save(cache, probabilities)
+        with files.atomic_path(cache) as temporary:  # a kill mid-write leaves no half cache
+            np.savez(temporary, probabilities=probabilities, teacher=str(config.teacher))
     if probabilities.shape != (len(train_split), len(train_split.class_names)):
         raise ValueError(f"{cache}: teacher outputs of shape {probabilities.shape} do not fit "
                          f"{len(train_split)} Training images; delete it to rerun the teacher")

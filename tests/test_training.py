@@ -680,6 +680,8 @@ def test_distillation_targets_mix_teacher_and_labels_and_are_cached(cartoon, tmp
     np.testing.assert_allclose(training.teacher_targets(config, train_split, tmp_path), targets)
     with pytest.raises(ValueError, match="do not fit"):
         training.teacher_targets(config, cartoon.limit(2).split("Training"), tmp_path)
+    with pytest.raises(ValueError, match="holds the outputs of teacher"):  # another teacher, same folder
+        training.teacher_targets(replace(config, teacher="other"), train_split, tmp_path)
 
 
 def test_distill_trains_a_student_that_keeps_the_teachers_crop(cartoon, tmp_path):
@@ -697,4 +699,4 @@ def test_distill_trains_a_student_that_keeps_the_teachers_crop(cartoon, tmp_path
     assert meta.architecture == "lite" and student.count_params() == build_model("lite").count_params()
     assert (meta.face_margin, meta.face_offset, meta.face_align) == (-0.05, 0.02, True)
     assert meta.training["config"]["teacher"] == str(tmp_path / "teacher")
-    assert (tmp_path / "ck" / "teacher.npy").exists()
+    assert (tmp_path / "ck" / "teacher.npz").exists()
