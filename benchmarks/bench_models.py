@@ -83,8 +83,7 @@ def main() -> None:
                         for i, (network, record) in enumerate(members, start=1)]
         for name, network, meta, record, h5 in entries:
             direct = predict_probabilities(network, test.images)
-            pipeline = fidelity.classify_found(network, found, meta.input_size, meta.face_margin, meta.face_offset,
-                                               meta.face_align)
+            pipeline = fidelity.classify_found(network, found, meta.input_size, *fidelity.model_crop(meta))
             scores = fidelity.score(test.labels, direct, pipeline)
             rows.append({"name": name, "forward": traced_forward(network), "parameters": network.count_params(),
                          "size": f"{os.path.getsize(h5) / 2**20:.1f} MB" if h5 else "-",

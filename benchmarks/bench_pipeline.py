@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pipeline.py --split PrivateTest [--limit N] [--detector yunet] [--model fer]
     python benchmarks/bench_pipeline.py --tune [--split PublicTest] [--limit 1000]
+    python benchmarks/bench_pipeline.py --tune-lift --limit 600
 
 Every face of the split is placed into a 640x480 frame under each condition of
 ``ferkit.fidelity.CONDITIONS`` and run through detection, cropping and the
@@ -9,7 +10,8 @@ model. Columns: faces found; accuracy on the found faces through the pipeline
 with the model's crop settings and with the old fixed ones (margin 0.05, no
 offset, no alignment), both with 95% bootstrap intervals; direct accuracy of
 the dataset's own crops of the same faces; and the gap. ``--tune`` searches the
-crop settings (margin, then vertical offset, then alignment) on the conditions
+crop settings (margin, then vertical offset, then alignment, then the
+low-contrast lift's percentile) on the conditions
 with faces of 96 px and more, maximising mean accuracy; choose on PublicTest.
 """
 
@@ -24,27 +26,34 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ferkit import data, fidelity  # noqa: E402
-from ferkit.faces import DETECTORS  # noqa: E402
+from ferkit import data, faces, fidelity  # noqa: E402
 from ferkit.model import load_model, predict_probabilities  # noqa: E402
 
 
-def tune(model, meta, labels, direct, all_detections) -> tuple[float, float, bool]:
-    """Coordinate search over margin, offset and alignment; prints every setting tried."""
+def tune(model, meta, labels, direct, all_detections, training_images, lift_only=False) -> tuple:
+    """Coordinate search over margin, offset, alignment and the low-contrast lift's percentile (of the
+    Training faces' contrast; None: no lift); prints every setting tried. ``lift_only``: keep the model's
+    margin, offset and alignment and search the lift alone."""
     in_target = [d for d in all_detections if d.condition.size[0] >= 96]
 
-    def mean_accuracy(margin, offset, align):
+    def mean_accuracy(margin, offset, align, percentile=None):
+        lift = faces.low_contrast_settings(training_images, percentile) if percentile else {}
         scores = [fidelity.score(labels, direct, fidelity.classify_found(
-            model, d, meta.input_size, margin, offset, align))["accuracy"] for d in in_target]
+            model, d, meta.input_size, margin, offset, align, lift))["accuracy"] for d in in_target]
         value = float(np.mean(scores))
-        print(f"margin {margin:+.3f}  offset {offset:+.3f}  align {str(align):5}  mean accuracy {100 * value:.2f}",
+        print(f"margin {margin:+.3f}  offset {offset:+.3f}  align {str(align):5}  low-contrast percentile "
+              f"{percentile}  mean accuracy {100 * value:.2f}  " + " ".join(f"{100 * s:.2f}" for s in scores),
               flush=True)
         return value
 
-    margin = max((-0.1, -0.075, -0.05, -0.025, 0.0, 0.05), key=lambda m: mean_accuracy(m, 0.0, False))
-    offset = max((-0.04, -0.02, 0.0, 0.02, 0.04), key=lambda o: mean_accuracy(margin, o, False))
-    align = max((False, True), key=lambda a: mean_accuracy(margin, offset, a))
-    return margin, offset, align
+    if lift_only:
+        margin, offset, align = meta.face_margin, meta.face_offset, meta.face_align
+    else:
+        margin = max((-0.1, -0.075, -0.05, -0.025, 0.0, 0.05), key=lambda m: mean_accuracy(m, 0.0, False))
+        offset = max((-0.04, -0.02, 0.0, 0.02, 0.04), key=lambda o: mean_accuracy(margin, o, False))
+        align = max((False, True), key=lambda a: mean_accuracy(margin, offset, a))
+    percentile = max((None, 1, 5, 10, 25), key=lambda p: mean_accuracy(margin, offset, align, p))
+    return margin, offset, align, percentile
 
 
 def main() -> None:
@@ -53,24 +62,30 @@ def main() -> None:
     parser.add_argument("--split", default="PublicTest", choices=["PublicTest", "PrivateTest"])
     parser.add_argument("--limit", type=int, default=None, help="first N faces of the split (default all)")
     parser.add_argument("--model", default=None, help="model stem (default the shipped fer)")
-    parser.add_argument("--detector", default="yunet", choices=DETECTORS)
+    parser.add_argument("--detector", default="yunet", choices=faces.DETECTORS)
     parser.add_argument("--tune", action="store_true", help="search the crop settings instead of reporting")
+    parser.add_argument("--tune-lift", action="store_true",
+                        help="search only the low-contrast lift, with the model's margin, offset and alignment")
     args = parser.parse_args()
 
-    dataset = data.load_fer2013(data.dataset_path(args.data), progress=False).split(args.split)
+    everything = data.load_fer2013(data.dataset_path(args.data), progress=False)
+    dataset = everything.split(args.split)
     images, labels = dataset.images[:args.limit], dataset.labels[:args.limit]
     model, meta = load_model(args.model)
     print(f"# {args.split}, {len(images)} faces, detector {args.detector}, model {args.model or 'fer'} "
           f"({meta.architecture})", flush=True)
     direct = predict_probabilities(model, images)
-    if args.tune:
+    if args.tune or args.tune_lift:
         detections = [fidelity.detect(images, condition, args.detector) for condition in fidelity.CONDITIONS]
-        margin, offset, align = tune(model, meta, labels, direct, detections)
-        print(f"chosen: face_margin {margin}, face_offset {offset}, face_align {str(align).lower()}")
+        margin, offset, align, percentile = tune(model, meta, labels, direct, detections,
+                                                 everything.split("Training").images, args.tune_lift)
+        print(f"chosen: face_margin {margin}, face_offset {offset}, face_align {str(align).lower()}, "
+              f"low-contrast percentile {percentile}")
         return
     print(f"direct classification of all {len(images)} crops: {100 * (direct.argmax(1) == labels).mean():.2f}%; "
-          f"model crop: margin {meta.face_margin}, offset {meta.face_offset}, align {meta.face_align}; "
-          f"old crop: margin {fidelity.OLD_CROP[0]}, offset 0, align off\n")
+          f"model crop: margin {meta.face_margin}, offset {meta.face_offset}, align {meta.face_align}, "
+          f"low-contrast lift {meta.face_low_contrast or 'off'}; old crop: margin {fidelity.OLD_CROP[0]}, "
+          "offset 0, align off, no lift\n")
     print(fidelity.TABLE_HEADER)
     for row in fidelity.table_rows(model, meta, images, labels, args.detector):
         print(row, flush=True)

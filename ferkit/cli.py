@@ -253,7 +253,8 @@ def cmd_evaluate(args) -> None:
 
         split = dataset.split(args.pipeline)
         print(f"{args.pipeline}: {len(split)} faces placed into 640x480 frames, detector {args.detector}; "
-              f"crop margin {meta.face_margin}, offset {meta.face_offset}, align {meta.face_align}", file=sys.stderr)
+              f"crop margin {meta.face_margin}, offset {meta.face_offset}, align {meta.face_align}, "
+              f"low-contrast lift {meta.face_low_contrast or 'off'}", file=sys.stderr)
         print(fidelity.TABLE_HEADER)
         for row in fidelity.table_rows(model, meta, split.images, split.labels, args.detector):
             print(row, flush=True)

@@ -34,6 +34,12 @@ DETECT_MAX_PIXELS = 1280 * 960
 #: side, 5% smaller per side, not moved; levelling the eyes measured worse, so it is off.
 FER2013_CROP = {"face_margin": -0.05, "face_offset": 0.0, "face_align": False}
 
+#: Crops with less contrast (pixel standard deviation) than this percentile of the Training faces are
+#: stretched to the Training faces' median brightness and contrast (:func:`low_contrast_settings`): a dim,
+#: flat photo would otherwise show the model a face unlike any it learned from. Chosen on PublicTest with
+#: ``benchmarks/bench_pipeline.py --tune`` (README, "Accuracy on your photos").
+LOW_CONTRAST_PERCENTILE = 10
+
 
 class DetectorUnavailable(RuntimeError):
     """The requested detector cannot run here; the message says what to install."""
@@ -189,8 +195,28 @@ def eye_angle(face: Face) -> float:
     return float(np.arctan2(ly - ry, lx - rx)) if lx > rx else 0.0
 
 
+def low_contrast_settings(images: np.ndarray, percentile: float = LOW_CONTRAST_PERCENTILE) -> dict:
+    """The ``face_low_contrast`` setting from training images ((N, S, S) uint8): crops whose standard deviation
+    is below its ``percentile`` of the images' get the images' median mean and standard deviation."""
+    pixels = images.reshape(len(images), -1).astype(np.float64)
+    means, stds = pixels.mean(axis=1), pixels.std(axis=1)
+    return {"below_std": round(float(np.percentile(stds, percentile)), 2),
+            "mean": round(float(np.median(means)), 2), "std": round(float(np.median(stds)), 2)}
+
+
+def lift_low_contrast(crop: np.ndarray, below_std: float, mean: float, std: float) -> np.ndarray:
+    """``crop`` (uint8) stretched linearly to ``mean`` and ``std`` if its standard deviation is below
+    ``below_std``, else unchanged. Values are rounded half to even and clipped to 0-255."""
+    pixels = crop.astype(np.float64)
+    spread = pixels.std()
+    if spread >= below_std:
+        return crop
+    stretched = (pixels - pixels.mean()) * (std / max(spread, 1.0)) + mean
+    return np.clip(np.rint(stretched), 0, 255).astype(np.uint8)
+
+
 def crop_face(gray: np.ndarray, face: Face, size: int, margin: float, offset: float = 0.0,
-              align: bool = False) -> np.ndarray:
+              align: bool = False, low_contrast: dict | None = None) -> np.ndarray:
     """Cut a face out of a grayscale image the way FER-2013's images are framed.
 
     The crop is a square of side ``max(w, h) * (1 + 2 * margin)`` around the
@@ -199,7 +225,8 @@ def crop_face(gray: np.ndarray, face: Face, size: int, margin: float, offset: fl
     one similarity transform of the original image (bilinear), not a crop of a
     crop. Edge pixels are repeated where the square runs over the image; the
     square is then resized to ``size`` x ``size`` (area averaging when
-    shrinking). Returns uint8 (size, size).
+    shrinking). With ``low_contrast`` (the model's ``face_low_contrast``: ``below_std``, ``mean``, ``std``),
+    a flat crop is then stretched by :func:`lift_low_contrast`. Returns uint8 (size, size).
     """
     import cv2
 
@@ -228,4 +255,5 @@ def crop_face(gray: np.ndarray, face: Face, size: int, margin: float, offset: fl
             x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
         crop = gray[y0:y1, x0:x1]
     interpolation = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(crop, (size, size), interpolation=interpolation)
+    crop = cv2.resize(crop, (size, size), interpolation=interpolation)
+    return lift_low_contrast(crop, **low_contrast) if low_contrast else crop

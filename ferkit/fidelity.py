@@ -112,11 +112,13 @@ def detect(images: np.ndarray, condition: Condition, detector: str = "yunet", se
 
 
 def classify_found(model, detections: Detections, size: int, margin: float, offset: float, align: bool,
-                   forward=None) -> np.ndarray:
-    """Probabilities (N, classes) of each found face cropped with these settings; NaN rows where none was found."""
+                   low_contrast: dict | None = None, forward=None) -> np.ndarray:
+    """Probabilities (N, classes) of each found face cropped with these settings (``crop_face``'s); NaN rows
+    where none was found."""
     found = [i for i, face in enumerate(detections.faces) if face is not None]
     crops = np.stack([face_module.crop_face(detections.gray_frames[i], detections.faces[i], size, margin, offset,
-                                            align) for i in found]) if found else np.zeros((0, size, size), np.uint8)
+                                            align, low_contrast) for i in found]) \
+        if found else np.zeros((0, size, size), np.uint8)
     probabilities = predict_probabilities(model, crops, forward=forward)
     out = np.full((len(detections.faces), probabilities.shape[1] if found else 1), np.nan, np.float32)
     out[found] = probabilities
@@ -149,8 +151,14 @@ def score(labels: np.ndarray, direct: np.ndarray, pipeline: np.ndarray) -> dict:
             "gap_interval": bootstrap_interval(right_pipeline - right_direct)}
 
 
-#: The crop ferkit used before crop settings were measured: margin 0.05 chosen by eye, no offset, no alignment.
-OLD_CROP = (0.05, 0.0, False)
+def model_crop(meta) -> tuple:
+    """A model's crop settings, in :func:`classify_found`'s (and ``crop_face``'s) order."""
+    return meta.face_margin, meta.face_offset, meta.face_align, meta.face_low_contrast
+
+
+#: The crop ferkit used before crop settings were measured: margin 0.05 chosen by eye, no offset, no alignment,
+#: no low-contrast lift.
+OLD_CROP = (0.05, 0.0, False, {})
 
 TABLE_HEADER = ("| condition | faces found | accuracy, model's crop (95% CI) | old crop | model's crop, "
                 "eyes levelled | direct, same faces | gap, model's crop (95% CI) |\n|---|---|---|---|---|---|---|")
@@ -162,10 +170,10 @@ def table_rows(model, meta, images: np.ndarray, labels: np.ndarray, detector: st
     settings, with :data:`OLD_CROP` and with the model's crop turned to level the eyes (alignment the other
     way round where the model aligns), direct accuracy of the same faces, and the gap, with 95% intervals."""
     direct = predict_probabilities(model, images, forward=forward)
-    settings = (meta.face_margin, meta.face_offset, meta.face_align)
+    settings = model_crop(meta)
     for condition in conditions:
         found = detect(images, condition, detector)
-        flipped = (*settings[:2], not settings[2])
+        flipped = (*settings[:2], not settings[2], settings[3])
         new, old, other = (score(labels, direct, classify_found(model, found, meta.input_size, *crop,
                                                                 forward=forward))
                            for crop in (settings, OLD_CROP, flipped))

@@ -50,6 +50,9 @@ class ModelMeta:
     face_offset: float = 0.0
     #: Turn each crop so the eyes are level (detectors with eye landmarks).
     face_align: bool = False
+    #: Crops flatter than ``below_std`` (pixel standard deviation) are stretched to ``mean`` and ``std``
+    #: (:func:`ferkit.faces.lift_low_contrast`); empty: crops go in as cut.
+    face_low_contrast: dict = field(default_factory=dict)
     architecture: str = ""
     #: Label mapping from the original FER-2013 classes (select_classes).
     label_map: dict = field(default_factory=dict)
@@ -87,6 +90,13 @@ class ModelMeta:
                              f"got {meta.face_offset!r}")
         if not isinstance(meta.face_align, bool):
             raise ModelError(f"{path}: face_align must be true or false, got {meta.face_align!r}")
+        lift = meta.face_low_contrast
+        if not (isinstance(lift, dict) and (not lift or (
+                set(lift) == {"below_std", "mean", "std"}
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 255 for v in lift.values())
+                and lift["std"] > 0))):
+            raise ModelError(f"{path}: face_low_contrast must be {{}} or {{\"below_std\": S, \"mean\": M, \"std\": D}} "
+                             f"with grey levels 0-255 and D > 0, got {lift!r}")
         return meta
 
 
@@ -406,7 +416,8 @@ def load_model(path: str | Path | None = None):
 
 
 #: What members of an average must share: it decides what goes into the model and what comes out.
-_SHARED_META = ("class_names", "input_size", "input_range", "face_margin", "face_offset", "face_align", "label_map")
+_SHARED_META = ("class_names", "input_size", "input_range", "face_margin", "face_offset", "face_align",
+               "face_low_contrast", "label_map")
 
 
 def networks_of(model, meta: ModelMeta, path: str | Path) -> list:

@@ -127,8 +127,8 @@ class Predictor:
         gray = to_gray(image_bgr)
         size = self.meta.input_size
         meta = self.meta
-        return np.stack([face_module.crop_face(gray, f, size, meta.face_margin, meta.face_offset, self.align)
-                         for f in found]) \
+        return np.stack([face_module.crop_face(gray, f, size, meta.face_margin, meta.face_offset, self.align,
+                                               meta.face_low_contrast) for f in found]) \
             if found else np.zeros((0, size, size), np.uint8)
 
     def predict(self, image, channel_order: str = "rgb", name: str | None = None) -> ImagePrediction:

@@ -114,7 +114,8 @@ def models_index(entries: list[ModelEntry]) -> dict:
         "colors": {name: f"rgb({r},{g},{b})" for name, (b, g, r) in EMOTION_COLORS.items()},
         "models": [{"name": e.name, "url": f"models/{e.name}.onnx", "class_names": e.meta.class_names,
                     "input_size": e.meta.input_size, "face_margin": e.meta.face_margin,
-                     "face_offset": e.meta.face_offset, "face_align": e.meta.face_align, **e.info}
+                     "face_offset": e.meta.face_offset, "face_align": e.meta.face_align,
+                    "face_low_contrast": e.meta.face_low_contrast, **e.info}
                    for e in entries],
     }
 

@@ -416,7 +416,7 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     if averager is not None and averager.epochs:
         model, averaged = _choose_average(model, averager, config.architecture, num_classes, train_ds, val_split)
     meta = ModelMeta(class_names=list(data.class_names), architecture=config.architecture,
-                     label_map=dict(data.label_map), **crop_settings(config.teacher),
+                     label_map=dict(data.label_map), **crop_settings(config.teacher, train_split),
                      training={"config": asdict(config), "dataset": data.source, "precision": policy,
                                "best_epoch": int(best["epoch"]) + 1, "epochs_run": len(history),
                                "best_public_test_accuracy": best["val_accuracy"],
@@ -434,17 +434,19 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
                        wall_seconds=wall, files=files, averaged=averaged)
 
 
-def crop_settings(teacher: str | None = None) -> dict:
+def crop_settings(teacher: str | None = None, train_split: FerDataset | None = None) -> dict:
     """How faces are cut out for a new model: its teacher's settings when distilling, else the measured
-    FER-2013 framing (:data:`ferkit.faces.FER2013_CROP`). A model trained on FER-2013's crops expects them."""
-    from ferkit.faces import FER2013_CROP
+    FER-2013 framing (:data:`ferkit.faces.FER2013_CROP`) and the low-contrast lift measured on the Training
+    images (:func:`ferkit.faces.low_contrast_settings`). A model trained on FER-2013's crops expects them."""
+    from ferkit.faces import FER2013_CROP, low_contrast_settings
 
     if teacher:
         from ferkit.model import read_meta
 
         meta = read_meta(teacher)
-        return {name: getattr(meta, name) for name in FER2013_CROP}
-    return dict(FER2013_CROP)
+        return {name: getattr(meta, name) for name in (*FER2013_CROP, "face_low_contrast")}
+    lift = low_contrast_settings(train_split.images) if train_split is not None and len(train_split) else {}
+    return {**FER2013_CROP, "face_low_contrast": lift}
 
 
 def teacher_targets(config: TrainConfig, train_split: FerDataset, checkpoint_dir: Path) -> np.ndarray:

@@ -204,6 +204,35 @@ def test_aligned_crop_of_a_tilted_face_matches_the_upright_one(astronaut, degree
     assert np.abs(aligned - reference).mean() < 0.25 * np.abs(unaligned - reference).mean()
 
 
+def test_low_contrast_lift_stretches_only_flat_crops():
+    rng = np.random.default_rng(0)
+    normal = np.clip(rng.normal(130, 50, (48, 48)), 0, 255).astype(np.uint8)
+    dim = np.rint(normal * 0.4 + 20).astype(np.uint8)
+    lift = faces.low_contrast_settings(np.stack([normal, dim, normal, normal]), percentile=30)
+    assert lift["below_std"] > dim.std() and lift["mean"] == pytest.approx(normal.mean(), abs=0.01)
+    assert faces.lift_low_contrast(normal, **lift) is normal  # contrast within the training range: untouched
+    lifted = faces.lift_low_contrast(dim, **lift)
+    assert lifted.dtype == np.uint8
+    assert abs(lifted.mean() - lift["mean"]) < 1 and abs(lifted.std() - lift["std"]) < 1
+    # A linear stretch: the dim crop's pixels keep their order and come back close to the original's.
+    assert np.corrcoef(lifted.ravel(), normal.ravel())[0, 1] > 0.99
+    flat = np.full((48, 48), 90, np.uint8)  # no contrast at all: brought to the mean, not blown up
+    assert (faces.lift_low_contrast(flat, **lift) == round(lift["mean"])).all()
+
+
+def test_crop_face_applies_the_lift_after_resizing(astronaut):
+    face = faces.detect_faces(astronaut)[0]
+    gray = images.to_gray(astronaut)
+    dim = np.rint(gray * 0.3 + 40).astype(np.uint8)
+    lift = {"below_std": 35.0, "mean": 128.0, "std": 55.0}
+    plain = faces.crop_face(dim, face, 48, -0.05)
+    assert plain.std() < 35
+    np.testing.assert_array_equal(faces.crop_face(dim, face, 48, -0.05, low_contrast=lift),
+                                  faces.lift_low_contrast(plain, **lift))
+    np.testing.assert_array_equal(faces.crop_face(gray, face, 48, -0.05, low_contrast=lift),
+                                  faces.crop_face(gray, face, 48, -0.05))
+
+
 def test_predictor_align_defaults_to_the_model_and_can_be_turned_off(predictor, random_model):
     assert predictor.align == predictor.meta.face_align
     assert Predictor(random_model, align=not predictor.meta.face_align).align is (not predictor.meta.face_align)
@@ -232,7 +261,7 @@ def test_training_and_inference_feed_the_model_the_same_way(predictor, astronaut
     found = faces.detect_faces(astronaut)
     meta = predictor.meta
     expected = faces.crop_face(images.to_gray(astronaut), found[0], 48, meta.face_margin, meta.face_offset,
-                               predictor.align)
+                               predictor.align, meta.face_low_contrast)
     np.testing.assert_array_equal(seen[0], to_model_input(expected[None]))
     assert len(result.faces) == 1
 

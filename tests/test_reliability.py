@@ -487,6 +487,9 @@ def model_copy(random_model, tmp_path):
     (lambda m: _edit_meta(m, colour="blue"), "fer.meta.json: unknown setting"),
     (lambda m: _edit_meta(m, face_margin=-0.6), "fer.meta.json: face_margin must be"),
     (lambda m: _edit_meta(m, input_size=64), "fer.meta.json: input_size 64 does not match"),
+    (lambda m: _edit_meta(m, face_low_contrast={"below_std": 30}), "fer.meta.json: face_low_contrast must be"),
+    (lambda m: _edit_meta(m, face_low_contrast={"below_std": 30, "mean": 128, "std": 0}),
+     "fer.meta.json: face_low_contrast must be"),
     (lambda m: m.with_name("fer.meta.json").write_text("[1,"), "fer.meta.json: not readable JSON"),
 ])
 def test_damaged_model_files_are_named_with_what_to_do(model_copy, damage, message):

@@ -439,6 +439,12 @@ def test_training_resumes_after_a_kill(tmp_path):
     assert best_epoch == 1 + int(max(history, key=lambda r: r["val_accuracy"])["epoch"])
     meta = json.loads((tmp_path / "model" / "fer.meta.json").read_text())
     assert meta["training"]["epochs_run"] == 4
+    from ferkit.faces import low_contrast_settings
+    from ferkit.sample import cartoon_faces
+
+    # The low-contrast lift is measured on the images the model was trained on.
+    training_images = cartoon_faces(per_class_and_split=6, seed=0).split("Training").images
+    assert meta["face_low_contrast"] == low_contrast_settings(training_images)
 
 
 def test_a_resumed_run_reads_the_batches_of_an_uninterrupted_one_in_the_same_order(tmp_path):
@@ -688,7 +694,8 @@ def test_distill_trains_a_student_that_keeps_the_teachers_crop(cartoon, tmp_path
     from ferkit import data
 
     save_model(build_model("vgg_small"), tmp_path / "teacher",
-               ModelMeta(architecture="vgg_small", face_margin=-0.05, face_offset=0.02, face_align=True))
+               ModelMeta(architecture="vgg_small", face_margin=-0.05, face_offset=0.02, face_align=True,
+                         face_low_contrast={"below_std": 20.0, "mean": 120.0, "std": 50.0}))
     npz = data.write_npz(cartoon, tmp_path / "c.npz")
     result = subprocess.run([sys.executable, "-m", "ferkit", "distill", str(npz), "--teacher",
                              str(tmp_path / "teacher"), "--epochs", "1", "--batch-size", "32", "--no-progress",
@@ -698,5 +705,6 @@ def test_distill_trains_a_student_that_keeps_the_teachers_crop(cartoon, tmp_path
     student, meta = load_model(tmp_path / "student")
     assert meta.architecture == "lite" and student.count_params() == build_model("lite").count_params()
     assert (meta.face_margin, meta.face_offset, meta.face_align) == (-0.05, 0.02, True)
+    assert meta.face_low_contrast == {"below_std": 20.0, "mean": 120.0, "std": 50.0}
     assert meta.training["config"]["teacher"] == str(tmp_path / "teacher")
     assert (tmp_path / "ck" / "teacher.npz").exists()

@@ -143,13 +143,18 @@ def test_the_page_gives_predictors_answers_on_the_same_frame(server, browser, sc
     assert_same_origin(page, server)
 
 
-@pytest.mark.parametrize("degrees, offset", [(0, 0.0), (17, 0.05), (-23, -0.03)])
-def test_the_pages_crop_equals_crop_face_also_turned_and_moved(server, browser, degrees, offset):
-    """pipeline.js's cropFace against ferkit.faces.crop_face on a tilted face, with and without levelling."""
+@pytest.mark.parametrize("degrees, offset, dim", [(0, 0.0, False), (17, 0.05, False), (-23, -0.03, False),
+                                                  (0, 0.0, True)])
+def test_the_pages_crop_equals_crop_face_also_turned_and_moved(server, browser, degrees, offset, dim):
+    """pipeline.js's cropFace against ferkit.faces.crop_face on a tilted face, with and without levelling, and
+    on a dim frame with the low-contrast lift."""
     from ferkit import faces
     from ferkit.images import sample_image, to_gray
 
     gray = to_gray(sample_image())
+    lift = {"below_std": 32.6, "mean": 129.5, "std": 53.6} if dim else {}
+    if dim:
+        gray = np.rint(gray * 0.35 + 20).astype(np.uint8)
     face = faces.detect_faces(sample_image())[0]
     turn = cv2.getRotationMatrix2D(face.center, degrees, 1.0)
     landmarks = (np.c_[face.landmarks, np.ones(5)] @ turn.T).astype(np.float32)
@@ -157,14 +162,16 @@ def test_the_pages_crop_equals_crop_face_also_turned_and_moved(server, browser, 
     page = Page(browser, server, None)
     for align in (False, True):
         in_page = page.page.evaluate(
-            """async ([data, width, height, face, offset, align]) => {
+            """async ([data, width, height, face, offset, align, lowContrast]) => {
                  const { cropFace } = await import("./pipeline.js");
                  const gray = { data: Uint8Array.from(data), width, height };
-                 return Array.from(cropFace(gray, face, 48, { margin: -0.05, offset, align }));
+                 return Array.from(cropFace(gray, face, 48, { margin: -0.05, offset, align, lowContrast }));
                }""",
             [gray.ravel().tolist(), gray.shape[1], gray.shape[0],
-             {"box": list(face.box), "landmarks": face.landmarks.tolist()}, offset, align])
-        expected = faces.crop_face(gray, face, 48, -0.05, offset, align).astype(int)
+             {"box": list(face.box), "landmarks": face.landmarks.tolist()}, offset, align, lift])
+        expected = faces.crop_face(gray, face, 48, -0.05, offset, align, lift).astype(int)
+        if dim:  # the lift ran: the flat crop came out with the Training faces' contrast
+            assert abs(expected.std() - lift["std"]) < 2 and abs(np.mean(in_page) - lift["mean"]) < 2
         difference = np.abs(np.array(in_page).reshape(48, 48) - expected)
         # OpenCV's bilinear warp works in 1/32-pixel steps; the page in floating point.
         assert difference.max() <= (0 if not align or not degrees else 3), (align, difference.max())

@@ -5,6 +5,7 @@
 //   -> boxes rounded half to even, clipped, sorted left to right
 //   -> grayscale with OpenCV's fixed-point weights -> square crop with the model's face_margin and
 //   face_offset, turned to level the eyes where face_align, edges repeated -> resize to 48x48 (area averaging when shrinking, bilinear when enlarging)
+//   -> a flat crop stretched to the Training faces' brightness and contrast (face_low_contrast)
 //   -> the classifier's ONNX graph -> probabilities.
 //
 // Everything runs in ONNX Runtime Web; no frame leaves the browser.
@@ -144,7 +145,20 @@ export function eyeAngle(landmarks) {
 // ferkit.faces.crop_face: a square of side max(w, h) * (1 + 2 margin) around the box centre moved down by
 // `offset` of the side; with `align`, turned with the eye line (one bilinear similarity transform, as
 // cv2.warpAffine); edges repeated; then resized to size x size.
-export function cropFace(gray, face, size, { margin, offset = 0, align = false }) {
+// ferkit.faces.lift_low_contrast: a crop whose standard deviation is below belowStd, stretched linearly to
+// `mean` and `std` (rounded half to even, clipped); any other crop unchanged.
+export function liftLowContrast(crop, { below_std: belowStd, mean, std }) {
+  let sum = 0, squares = 0;
+  for (const v of crop) sum += v;
+  const average = sum / crop.length;
+  for (const v of crop) squares += (v - average) * (v - average);
+  const spread = Math.sqrt(squares / crop.length);
+  if (spread >= belowStd) return crop;
+  const gain = std / Math.max(spread, 1);
+  return crop.map((v) => Math.min(255, Math.max(0, roundHalfEven((v - average) * gain + mean))));
+}
+
+export function cropFace(gray, face, size, { margin, offset = 0, align = false, lowContrast = null }) {
   const [bx, by, bw, bh] = face.box;
   let cx = bx + bw / 2, cy = by + bh / 2;
   const side = Math.max(bw, bh) * (1 + 2 * margin);
@@ -176,7 +190,8 @@ export function cropFace(gray, face, size, { margin, offset = 0, align = false }
       for (let x = 0; x < n; x++) crop[y * n + x] = gray.data[row + clampIndex(x0 + x, gray.width)];
     }
   }
-  return n > size ? resizeArea(crop, n, n, size, size) : resizeLinear(crop, n, n, size, size);
+  const resized = n > size ? resizeArea(crop, n, n, size, size) : resizeLinear(crop, n, n, size, size);
+  return lowContrast && Object.keys(lowContrast).length ? liftLowContrast(resized, lowContrast) : resized;
 }
 
 // Area-average a frame down to the detector's pixel budget (what ferkit.faces.detect_faces does).
@@ -242,8 +257,8 @@ export class Pipeline {
     const found = await this.detect(image);
     const t1 = performance.now();
     const gray = toGray(image);
-    const { face_margin: margin, face_offset: offset, face_align: align } = this.meta;
-    const crops = found.map((face) => cropFace(gray, face, this.meta.input_size, { margin, offset, align }));
+    const { face_margin: margin, face_offset: offset, face_align: align, face_low_contrast: lowContrast } = this.meta;
+    const crops = found.map((face) => cropFace(gray, face, this.meta.input_size, { margin, offset, align, lowContrast }));
     const t2 = performance.now();
     const probabilities = await this.classify(crops);
     const t3 = performance.now();
