@@ -99,15 +99,17 @@ class Detections:
 
 
 def detect(images: np.ndarray, condition: Condition, detector: str = "yunet", seed: int = 0,
-           min_score: float = 0.6) -> Detections:
-    """Place every image ((N, 48, 48) uint8) into a frame under ``condition`` and detect its face."""
+           min_score: float = 0.6, upscale_search: bool = True) -> Detections:
+    """Place every image ((N, 48, 48) uint8) into a frame under ``condition`` and detect its face as
+    ``Predictor.predict`` does (``upscale_search`` as there: on for photos)."""
     from ferkit.images import to_gray
 
     frames, found = [], []
     for index, image in enumerate(images):
         frame, truth = make_frame(image, condition, np.random.default_rng((seed, index)))
         frames.append(to_gray(frame))
-        found.append(find_face(face_module.detect_faces(frame, detector, min_score), truth))
+        found.append(find_face(face_module.detect_faces(frame, detector, min_score,
+                                                        upscale_search=upscale_search), truth))
     return Detections(condition, frames, found)
 
 

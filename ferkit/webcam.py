@@ -250,7 +250,8 @@ def _widget_result(widget) -> np.ndarray:
 def _faces_message(predictor, image_bgr: np.ndarray, display_width: int) -> dict:
     from ferkit.prediction import EMOTION_COLORS
 
-    result = predictor.predict(image_bgr, "bgr")
+    # One search per frame, as the page's live view does: the second, enlarged one would cost 4x its time.
+    result = predictor.predict(image_bgr, "bgr", upscale_search=False)
     scale = display_width / image_bgr.shape[1] if display_width else 1.0
     faces = []
     for face in result.faces:

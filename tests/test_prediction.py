@@ -129,6 +129,22 @@ def test_a_long_strip_of_faces_is_not_shrunk_below_the_detector(face_patch):
     assert len(faces.detect_faces(strip)) == 24
 
 
+def test_the_upscaled_search_adds_the_small_faces_once(face_patch, random_model):
+    scene = np.full((480, 640, 3), 128, np.uint8)
+    scene[40:200, 40:200] = face_patch
+    scene[300:332, 400:432] = cv2.resize(face_patch, (32, 32), interpolation=cv2.INTER_AREA)
+    once = faces.detect_faces(scene)
+    both = faces.detect_faces(scene, upscale_search=True)
+    assert len(once) == 1 and len(both) == 2
+    assert both[0] == once[0]  # the first search's face is kept as it was, not found twice
+    assert 380 <= both[1].center[0] <= 450 and 280 <= both[1].center[1] <= 350
+    assert both[1].landmarks is not None and 390 <= both[1].landmarks[0, 0] <= 440  # scaled back too
+    predictor = Predictor(random_model)
+    assert len(predictor.predict(scene, "bgr").faces) == 2  # photos: both searches, by default
+    assert len(predictor.predict(scene, "bgr", upscale_search=False).faces) == 1
+    assert len(Predictor(random_model, upscale_search=False).predict(scene, "bgr").faces) == 1
+
+
 def test_extreme_aspect_ratios_are_searched_without_error():
     for shape in [(8, 70000, 3), (70000, 8, 3)]:
         assert faces.detect_faces(np.full(shape, 128, np.uint8), max_pixels=100_000) == []

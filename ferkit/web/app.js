@@ -247,7 +247,7 @@ async function analysePhoto(file) {
   context.drawImage(bitmap, 0, 0);
   const frame = context.getImageData(0, 0, canvas.width, canvas.height);
   const started = performance.now();
-  const { faces, timings } = await pipeline.analyse(frame);
+  const { faces, timings } = await pipeline.analyse(frame, { upscaleSearch: true });
   publish(faces, { ...timings, total: performance.now() - started });
   drawFaces(context, faces);
   photoResult = { file: file.name, model: state.model, faces: state.faces };

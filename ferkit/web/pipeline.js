@@ -1,7 +1,8 @@
 // The photo pipeline in the page, step for step as ferkit's Python path does it
 // (ferkit/faces.py and ferkit/prediction.py), so the page and Predictor give the same answers:
 //
-//   RGBA frame -> YuNet on BGR, padded to a multiple of 32 (OpenCV's FaceDetectorYN decoding and NMS)
+//   RGBA frame -> YuNet on BGR, padded to a multiple of 32 (OpenCV's FaceDetectorYN decoding and NMS);
+//   photos are searched again at twice the size for the faces the first search missed
 //   -> boxes rounded half to even, clipped, sorted left to right
 //   -> grayscale with OpenCV's fixed-point weights -> square crop with the model's face_margin and
 //   face_offset, turned to level the eyes where face_align, edges repeated -> resize to 48x48 (area averaging when shrinking, bilinear when enlarging)
@@ -194,17 +195,18 @@ export function cropFace(gray, face, size, { margin, offset = 0, align = false, 
   return lowContrast && Object.keys(lowContrast).length ? liftLowContrast(resized, lowContrast) : resized;
 }
 
-// Area-average a frame down to the detector's pixel budget (what ferkit.faces.detect_faces does).
-function downscale(image) {
-  const scale = Math.min(1, Math.sqrt(DETECT_MAX_PIXELS / (image.width * image.height)));
-  if (scale >= 1) return { image, back: [1, 1] };
+// A frame resized by `scale` for one detector search (ferkit.faces._search): area averaging when shrinking,
+// bilinear when enlarging; `back` maps the search's coordinates to the frame's.
+function rescale(image, scale) {
+  if (scale === 1) return { image, back: [1, 1] };
   const w = Math.max(1, Math.round(image.width * scale)), h = Math.max(1, Math.round(image.height * scale));
+  const resize = scale < 1 ? resizeArea : resizeLinear;
   const out = new Uint8ClampedArray(w * h * 4);
   const channel = new Uint8Array(image.width * image.height);
   for (let k = 0; k < 4; k++) {
     for (let p = 0; p < channel.length; p++) channel[p] = image.data[p * 4 + k];
-    const small = k === 3 ? null : resizeArea(channel, image.width, image.height, w, h);
-    for (let p = 0; p < w * h; p++) out[p * 4 + k] = small ? small[p] : 255;
+    const resized = k === 3 ? null : resize(channel, image.width, image.height, w, h);
+    for (let p = 0; p < w * h; p++) out[p * 4 + k] = resized ? resized[p] : 255;
   }
   return { image: { width: w, height: h, data: out }, back: [image.width / w, image.height / h] };
 }
@@ -222,23 +224,37 @@ export class Pipeline {
     Object.assign(this, { ort, detector, classifier, meta, minFaceScore });
   }
 
-  async detect(image) {
-    const { image: searched, back } = downscale(image);
-    const { blob, paddedW, paddedH } = detectorInput(searched);
-    const input = new this.ort.Tensor("float32", blob, [1, 3, paddedH, paddedW]);
-    const outputs = await this.detector.run({ [this.detector.inputNames[0]]: input });
-    const faces = [];
-    for (const found of decodeYunet(outputs, paddedW, paddedH)) {
-      if (found.score < this.minFaceScore) continue;
-      let [x, y, w, h] = found.box.map((v, i) => roundHalfEven(v * back[i % 2]));
+  // ferkit.faces.detect_faces: one search on the frame scaled to the pixel budget; with upscaleSearch (photos)
+  // a second at twice that size, keeping the faces only it finds (IoU below 0.3 with every face of the first).
+  async detect(image, { upscaleSearch = false } = {}) {
+    const scale = Math.min(1, Math.sqrt(DETECT_MAX_PIXELS / (image.width * image.height)));
+    const faces = await this.search(image, scale);
+    if (upscaleSearch) {
+      for (const face of await this.search(image, 2 * scale)) {
+        if (faces.every((other) => iou(face.box, other.box) < 0.3)) faces.push(face);
+      }
+    }
+    const kept = [];
+    for (const face of faces) {
+      let [x, y, w, h] = face.box;
       const x1 = Math.min(image.width, x + w), y1 = Math.min(image.height, y + h);
       x = Math.max(0, x); y = Math.max(0, y);
       w = Math.max(0, x1 - x); h = Math.max(0, y1 - y);
-      if (w > 1 && h > 1) {
-        faces.push({ box: [x, y, w, h], score: found.score, landmarks: found.landmarks.map(([lx, ly]) => [lx * back[0], ly * back[1]]) });
-      }
+      if (w > 1 && h > 1) kept.push({ ...face, box: [x, y, w, h] });
     }
-    return faces.sort((a, b) => a.box[0] - b.box[0] || a.box[1] - b.box[1]);
+    return kept.sort((a, b) => a.box[0] - b.box[0] || a.box[1] - b.box[1]);
+  }
+
+  // One detector pass over the frame resized by `scale`: boxes (rounded) and landmarks in the frame's pixels.
+  async search(image, scale) {
+    const { image: searched, back } = rescale(image, scale);
+    const { blob, paddedW, paddedH } = detectorInput(searched);
+    const input = new this.ort.Tensor("float32", blob, [1, 3, paddedH, paddedW]);
+    const outputs = await this.detector.run({ [this.detector.inputNames[0]]: input });
+    return decodeYunet(outputs, paddedW, paddedH).filter((found) => found.score >= this.minFaceScore).map((found) => ({
+      box: found.box.map((v, i) => roundHalfEven(v * back[i % 2])), score: found.score,
+      landmarks: found.landmarks.map(([lx, ly]) => [lx * back[0], ly * back[1]]),
+    }));
   }
 
   async classify(crops) {
@@ -252,9 +268,10 @@ export class Pipeline {
   }
 
   // One frame -> {faces: [{box, label, score, probabilities, detectionScore}], timings: {stage: ms}}.
-  async analyse(image) {
+  // upscaleSearch: also search the frame at twice its size (photos; the live view skips it for speed).
+  async analyse(image, { upscaleSearch = false } = {}) {
     const t0 = performance.now();
-    const found = await this.detect(image);
+    const found = await this.detect(image, { upscaleSearch });
     const t1 = performance.now();
     const gray = toGray(image);
     const { face_margin: margin, face_offset: offset, face_align: align, face_low_contrast: lowContrast } = this.meta;
