@@ -28,6 +28,10 @@ DETECTORS = ("yunet", "mtcnn", "haar")
 #: Images with more pixels than this are searched on a downscaled copy (about 1280x960). A pixel budget
 #: rather than a longest side, so a long strip of faces is not shrunk below the detector's smallest face.
 DETECT_MAX_PIXELS = 1280 * 960
+#: Faces found only by the second, enlarged search (``upscale_search``) are kept from this side up, in pixels
+#: of the image as first searched: the faces it adds are the blurred, low-resolution ones the first search
+#: misses, while what it finds below this size is mostly texture (README, "Accuracy on your photos").
+UPSCALE_SEARCH_MIN_FACE = 64
 
 #: The crop that reproduces FER-2013's framing from YuNet's boxes, chosen on PublicTest with
 #: ``benchmarks/bench_pipeline.py --tune`` (README, "Accuracy on your photos"): squared on the box's larger
@@ -71,17 +75,19 @@ def detect_faces(image_bgr: np.ndarray, detector: str = "yunet", min_score: floa
     Images of more than ``max_pixels`` are searched on a copy scaled down to
     that many pixels and the boxes scaled back, which keeps detection time
     flat for 12-megapixel photos. With ``upscale_search`` the image is also
-    searched at twice that size, and faces only that search finds (overlapping
-    no face of the first by IoU 0.3 or more) are added: it finds small and
-    blurred faces the first search misses (README, "Accuracy on your photos"),
-    for 5x the detection time. Safe to call from several threads at once.
+    searched at twice that size, and the faces only that search finds
+    (overlapping no face of the first by IoU 0.3 or more, and at least
+    :data:`UPSCALE_SEARCH_MIN_FACE` pixels) are added: blurred, low-resolution
+    faces the first search misses (README, "Accuracy on your photos"), for 5x
+    the detection time. Safe to call from several threads at once.
     """
     height, width = image_bgr.shape[:2]
     scale = min(1.0, (max_pixels / (height * width)) ** 0.5)
     faces = _search(image_bgr, detector, min_score, scale)
     if upscale_search:
         faces += [f for f in _search(image_bgr, detector, min_score, 2 * scale)
-                  if all(box_iou(f.box, g.box) < 0.3 for g in faces)]
+                  if max(f.box[2], f.box[3]) * scale >= UPSCALE_SEARCH_MIN_FACE
+                  and all(box_iou(f.box, g.box) < 0.3 for g in faces)]
     faces = [_clip(f, width, height) for f in faces]
     return sorted((f for f in faces if f.box[2] > 1 and f.box[3] > 1), key=lambda f: (f.box[0], f.box[1]))
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferkit import files
-from ferkit.faces import YUNET_MODEL, _checked_yunet_model
+from ferkit.faces import DETECT_MAX_PIXELS, UPSCALE_SEARCH_MIN_FACE, YUNET_MODEL, _checked_yunet_model
 from ferkit.model import ModelMeta, resolve_model
 
 WEB = Path(__file__).parent / "web"
@@ -110,11 +110,13 @@ def models_index(entries: list[ModelEntry]) -> dict:
     from ferkit.prediction import EMOTION_COLORS
 
     return {
-        "detector": {"url": "models/yunet.onnx", "min_face_score": 0.6},
+        # The search Predictor.predict makes, for pipeline.js (ferkit.faces.detect_faces).
+        "detector": {"url": "models/yunet.onnx", "min_face_score": 0.6, "max_pixels": DETECT_MAX_PIXELS,
+                     "upscale_search_min_face": UPSCALE_SEARCH_MIN_FACE},
         "colors": {name: f"rgb({r},{g},{b})" for name, (b, g, r) in EMOTION_COLORS.items()},
         "models": [{"name": e.name, "url": f"models/{e.name}.onnx", "class_names": e.meta.class_names,
                     "input_size": e.meta.input_size, "face_margin": e.meta.face_margin,
-                     "face_offset": e.meta.face_offset, "face_align": e.meta.face_align,
+                    "face_offset": e.meta.face_offset, "face_align": e.meta.face_align,
                     "face_low_contrast": e.meta.face_low_contrast, **e.info}
                    for e in entries],
     }

@@ -129,16 +129,21 @@ def test_a_long_strip_of_faces_is_not_shrunk_below_the_detector(face_patch):
     assert len(faces.detect_faces(strip)) == 24
 
 
-def test_the_upscaled_search_adds_the_small_faces_once(face_patch, random_model):
+def test_the_upscaled_search_adds_only_new_faces_of_a_real_size(monkeypatch, random_model):
+    """The merge of the two searches, with the detector's answers per search scale made up."""
+    first = faces.Face((100, 100, 120, 120), 0.9)
+    answers = {1.0: [first],
+               2.0: [faces.Face((104, 98, 118, 122), 0.95),  # the first search's face again: not added
+                     faces.Face((400, 200, 80, 80), 0.7),  # a face only the enlarged search finds: added
+                     faces.Face((300, 380, 40, 40), 0.8)]}  # smaller than UPSCALE_SEARCH_MIN_FACE: texture
+    calls = []
+    monkeypatch.setattr(faces, "_search", lambda image, detector, min_score, scale: (
+        calls.append(scale), list(answers[scale]))[1])
     scene = np.full((480, 640, 3), 128, np.uint8)
-    scene[40:200, 40:200] = face_patch
-    scene[300:332, 400:432] = cv2.resize(face_patch, (32, 32), interpolation=cv2.INTER_AREA)
-    once = faces.detect_faces(scene)
+    assert faces.detect_faces(scene) == [first] and calls == [1.0]
     both = faces.detect_faces(scene, upscale_search=True)
-    assert len(once) == 1 and len(both) == 2
-    assert both[0] == once[0]  # the first search's face is kept as it was, not found twice
-    assert 380 <= both[1].center[0] <= 450 and 280 <= both[1].center[1] <= 350
-    assert both[1].landmarks is not None and 390 <= both[1].landmarks[0, 0] <= 440  # scaled back too
+    assert both == [first, answers[2.0][1]] and calls == [1.0, 1.0, 2.0]
+    assert faces.UPSCALE_SEARCH_MIN_FACE > 40
     predictor = Predictor(random_model)
     assert len(predictor.predict(scene, "bgr").faces) == 2  # photos: both searches, by default
     assert len(predictor.predict(scene, "bgr", upscale_search=False).faces) == 1

@@ -12,8 +12,6 @@
 // Everything runs in ONNX Runtime Web; no frame leaves the browser.
 
 const YUNET = { scoreThreshold: 0.5, nmsThreshold: 0.3, topK: 5000, strides: [8, 16, 32] };
-// ferkit.faces.DETECT_MAX_PIXELS: larger frames are searched on a copy scaled down to this many pixels.
-const DETECT_MAX_PIXELS = 1280 * 960;
 
 export function roundHalfEven(value) {
   const floor = Math.floor(value);
@@ -212,26 +210,31 @@ function rescale(image, scale) {
 }
 
 export class Pipeline {
-  // ort: the onnxruntime-web module; meta: the model's fer.meta.json (class names, input size, face margin).
-  static async create(ort, { detectorUrl, modelUrl, meta, minFaceScore = 0.6, executionProviders = ["wasm"] }) {
+  // ort: the onnxruntime-web module; meta: the model's fer.meta.json (class names, input size, crop settings);
+  // search: index.json's detector settings (ferkit.faces: min_face_score, DETECT_MAX_PIXELS, the smallest face
+  // kept from the enlarged search, UPSCALE_SEARCH_MIN_FACE).
+  static async create(ort, { detectorUrl, modelUrl, meta, search, executionProviders = ["wasm"] }) {
     const options = { executionProviders, graphOptimizationLevel: "all" };
     const [detector, classifier] = await Promise.all([
       ort.InferenceSession.create(detectorUrl, options), ort.InferenceSession.create(modelUrl, options)]);
-    return new Pipeline(ort, detector, classifier, meta, minFaceScore);
+    return new Pipeline(ort, detector, classifier, meta, search);
   }
 
-  constructor(ort, detector, classifier, meta, minFaceScore) {
-    Object.assign(this, { ort, detector, classifier, meta, minFaceScore });
+  constructor(ort, detector, classifier, meta, { min_face_score, max_pixels, upscale_search_min_face }) {
+    Object.assign(this, { ort, detector, classifier, meta, minFaceScore: min_face_score, maxPixels: max_pixels,
+                          upscaleMinFace: upscale_search_min_face });
   }
 
   // ferkit.faces.detect_faces: one search on the frame scaled to the pixel budget; with upscaleSearch (photos)
-  // a second at twice that size, keeping the faces only it finds (IoU below 0.3 with every face of the first).
+  // a second at twice that size, keeping the faces only it finds (IoU below 0.3 with every face of the first)
+  // from upscaleMinFace up.
   async detect(image, { upscaleSearch = false } = {}) {
-    const scale = Math.min(1, Math.sqrt(DETECT_MAX_PIXELS / (image.width * image.height)));
+    const scale = Math.min(1, Math.sqrt(this.maxPixels / (image.width * image.height)));
     const faces = await this.search(image, scale);
     if (upscaleSearch) {
       for (const face of await this.search(image, 2 * scale)) {
-        if (faces.every((other) => iou(face.box, other.box) < 0.3)) faces.push(face);
+        const big = Math.max(face.box[2], face.box[3]) * scale >= this.upscaleMinFace;
+        if (big && faces.every((other) => iou(face.box, other.box) < 0.3)) faces.push(face);
       }
     }
     const kept = [];
