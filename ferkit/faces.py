@@ -28,6 +28,8 @@ DETECTORS = ("yunet", "mtcnn", "haar")
 #: Images with more pixels than this are searched on a downscaled copy (about 1280x960). A pixel budget
 #: rather than a longest side, so a long strip of faces is not shrunk below the detector's smallest face.
 DETECT_MAX_PIXELS = 1280 * 960
+#: Detections below this confidence are not faces (the default everywhere: Python, the CLI and the page).
+MIN_FACE_SCORE = 0.6
 #: Faces found only by the second, enlarged search (``upscale_search``) are kept from this side up, in pixels
 #: of the image as first searched: the faces it adds are the blurred, low-resolution ones the first search
 #: misses, while what it finds below this size is mostly texture (README, "Accuracy on your photos").
@@ -41,7 +43,7 @@ FER2013_CROP = {"face_margin": -0.05, "face_offset": 0.0, "face_align": False}
 #: Crops with less contrast (pixel standard deviation) than this percentile of the Training faces are
 #: stretched to the Training faces' median brightness and contrast (:func:`low_contrast_settings`): a dim,
 #: flat photo would otherwise show the model a face unlike any it learned from. Chosen on PublicTest with
-#: ``benchmarks/bench_pipeline.py --tune`` (README, "Accuracy on your photos").
+#: ``benchmarks/bench_pipeline.py --tune-lift`` (README, "Accuracy on your photos").
 LOW_CONTRAST_PERCENTILE = 10
 
 
@@ -68,7 +70,7 @@ class Face:
         return x + w / 2, y + h / 2
 
 
-def detect_faces(image_bgr: np.ndarray, detector: str = "yunet", min_score: float = 0.6,
+def detect_faces(image_bgr: np.ndarray, detector: str = "yunet", min_score: float = MIN_FACE_SCORE,
                  max_pixels: int = DETECT_MAX_PIXELS, upscale_search: bool = False) -> list[Face]:
     """All faces in a BGR uint8 image, ordered left to right (then top to bottom).
 

@@ -99,7 +99,7 @@ class Detections:
 
 
 def detect(images: np.ndarray, condition: Condition, detector: str = "yunet", seed: int = 0,
-           min_score: float = 0.6, upscale_search: bool = True) -> Detections:
+           min_score: float = face_module.MIN_FACE_SCORE, upscale_search: bool = True) -> Detections:
     """Place every image ((N, 48, 48) uint8) into a frame under ``condition`` and detect its face as
     ``Predictor.predict`` does (``upscale_search`` as there: on for photos)."""
     from ferkit.images import to_gray

@@ -113,7 +113,7 @@ class Predictor:
     """
 
     def __init__(self, model: str | Path | None = None, detector: str = "yunet", tta: bool = False,
-                 min_face_score: float = 0.6, max_pixels: int | None = MAX_IMAGE_PIXELS,
+                 min_face_score: float = face_module.MIN_FACE_SCORE, max_pixels: int | None = MAX_IMAGE_PIXELS,
                  align: bool | None = None, upscale_search: bool = True):
         self.model, self.meta = load_model(model)
         self.class_names = list(self.meta.class_names)

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferkit import files
-from ferkit.faces import DETECT_MAX_PIXELS, UPSCALE_SEARCH_MIN_FACE, YUNET_MODEL, _checked_yunet_model
+from ferkit.faces import (DETECT_MAX_PIXELS, MIN_FACE_SCORE, UPSCALE_SEARCH_MIN_FACE, YUNET_MODEL,
+                          _checked_yunet_model)
 from ferkit.model import ModelMeta, resolve_model
 
 WEB = Path(__file__).parent / "web"
@@ -111,7 +112,7 @@ def models_index(entries: list[ModelEntry]) -> dict:
 
     return {
         # The search Predictor.predict makes, for pipeline.js (ferkit.faces.detect_faces).
-        "detector": {"url": "models/yunet.onnx", "min_face_score": 0.6, "max_pixels": DETECT_MAX_PIXELS,
+        "detector": {"url": "models/yunet.onnx", "min_face_score": MIN_FACE_SCORE, "max_pixels": DETECT_MAX_PIXELS,
                      "upscale_search_min_face": UPSCALE_SEARCH_MIN_FACE},
         "colors": {name: f"rgb({r},{g},{b})" for name, (b, g, r) in EMOTION_COLORS.items()},
         "models": [{"name": e.name, "url": f"models/{e.name}.onnx", "class_names": e.meta.class_names,
