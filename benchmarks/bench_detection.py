@@ -1,15 +1,20 @@
 """What limits YuNet's recall on FER-2013 faces, and how well its eye landmarks follow a turned face.
 
     python benchmarks/bench_detection.py [--split PublicTest] [--limit 300]
+    python benchmarks/bench_detection.py --discounts 0 0.1 0.15 0.2 0.25 --no-landmarks  # choosing the discount
 
 Faces are placed into frames as ``ferkit.fidelity`` does. Recall table, per
 condition with faces of 96 px or more: the share of faces found by one search
 at several score thresholds (the live view's search), and by
-``detect_faces(upscale_search=True)`` at 0.6 (photos: the frame is also
-searched at twice its size); and the other detections (not the placed face)
-per 100 frames, both ways. Landmark line: for faces turned by up to 20
-degrees, the fitted slope and median error of YuNet's eye angle against the
-true turn (both relative to the same face upright).
+``detect_faces(upscale_search=True)`` (photos: the frame is also searched at
+twice its size), without and with the faces both searches see kept from
+score 0.4 (``CONFIRMED_SCORE_DISCOUNT``; ``--discounts`` compares others);
+then the other detections (not the placed face) per 100 frames for each way
+of searching, and a last row of boxes per 100 of scikit-image's photos
+without faces (``fidelity.faceless_photos``: 19 photos, 3 sizes, 4 variants). Landmark
+line: for faces turned by up to 20 degrees, the fitted slope and median error
+of YuNet's eye angle against the true turn (both relative to the same face
+upright).
 """
 
 from __future__ import annotations
@@ -29,40 +34,50 @@ THRESHOLDS = (0.6, 0.5, 0.4, 0.3)
 
 
 def main() -> None:
-    import cv2
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="FER-2013 (default $FERKIT_DATA)")
     parser.add_argument("--split", default="PublicTest", choices=["PublicTest", "PrivateTest"])
     parser.add_argument("--limit", type=int, default=300)
+    parser.add_argument("--discounts", type=float, nargs="+", default=[0.0, faces.CONFIRMED_SCORE_DISCOUNT],
+                        help="CONFIRMED_SCORE_DISCOUNT values to compare, one column each (default: none and "
+                             "the shipped one)")
+    parser.add_argument("--no-landmarks", action="store_true", help="skip the eye-angle line")
     args = parser.parse_args()
     images = data.load_fer2013(data.dataset_path(args.data), progress=False).split(args.split).images[:args.limit]
-    net = cv2.FaceDetectorYN.create(str(faces.YUNET_MODEL), "", (320, 320), 0.3, 0.3, 5000)
+    ways = {"one search": dict(upscale_search=False)}
+    for discount in args.discounts:
+        name = f"faces seen twice from {faces.MIN_FACE_SCORE - discount:.2f}" if discount else "each face from 0.6"
+        ways[f"both searches, {name}"] = dict(upscale_search=True, confirmed_discount=discount)
 
     print(f"# {args.split}, first {len(images)} faces, YuNet; share of faces found\n")
-    print("| condition | " + " | ".join(f"one search, score >= {t}" for t in THRESHOLDS)
-          + " | with the 2x search, score >= 0.6 | other detections per 100 frames, one search / with 2x |")
-    print("|---|" + "---|" * (len(THRESHOLDS) + 2))
+    print("| condition | " + " | ".join(f"one search, score >= {t}" for t in THRESHOLDS) + " | "
+          + " | ".join(list(ways)[1:]) + " | other detections per 100 frames: " + " / ".join(ways) + " |")
+    print("|---|" + "---|" * (len(THRESHOLDS) + len(ways)))
     for condition in [c for c in fidelity.CONDITIONS if c.size[0] >= 96]:
-        found = np.zeros((len(images), len(THRESHOLDS) + 1), bool)
-        others = np.zeros((len(images), 2), int)
+        found = np.zeros((len(images), len(THRESHOLDS) + len(ways) - 1), bool)
+        others = np.zeros((len(images), len(ways)), int)
         for index, image in enumerate(images):
             frame, truth = fidelity.make_frame(image, condition, np.random.default_rng((0, index)))
-            net.setInputSize((frame.shape[1], frame.shape[0]))
-            rows = net.detect(frame)[1]
-            everything = [] if rows is None else [faces.Face(tuple(int(round(v)) for v in row[:4]), float(row[14]))
-                                                  for row in rows]
+            everything = faces.detect_faces(frame, min_score=faces.YUNET_SCORE_FLOOR)
             for column, threshold in enumerate(THRESHOLDS):
                 found[index, column] = fidelity.find_face([f for f in everything if f.score >= threshold],
                                                           truth) is not None
-            both = faces.detect_faces(frame, upscale_search=True)
-            found[index, -1] = fidelity.find_face(both, truth) is not None
-            one = [f for f in everything if f.score >= 0.6]
-            others[index] = [len(one) - (fidelity.find_face(one, truth) is not None),
-                             len(both) - found[index, -1]]
+            for column, settings in enumerate(ways.values()):
+                detected = faces.detect_faces(frame, **settings)
+                hit = fidelity.find_face(detected, truth) is not None
+                if column:
+                    found[index, len(THRESHOLDS) + column - 1] = hit
+                others[index, column] = len(detected) - hit
         print(f"| {condition.name} | " + " | ".join(f"{100 * v:.1f}%" for v in found.mean(0))
-              + f" | {100 * others[:, 0].mean():.1f} / {100 * others[:, 1].mean():.1f} |", flush=True)
+              + " | " + " / ".join(f"{100 * v:.1f}" for v in others.mean(0)) + " |", flush=True)
+    boxes = np.array([[len(faces.detect_faces(photo, **settings)) for settings in ways.values()]
+                      for _, photo in fidelity.faceless_photos()])
+    print(f"| scikit-image photos without faces ({len(boxes)}), boxes per 100 | "
+          + " | ".join("" for _ in range(len(THRESHOLDS) + len(ways) - 1)) + " | "
+          + " / ".join(f"{100 * v:.1f}" for v in boxes.mean(0)) + " |")
 
+    if args.no_landmarks:
+        return
     turned = fidelity.Condition("turned", rotation=20.0)
     estimated, true = [], []
     for index, image in enumerate(images):

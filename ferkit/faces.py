@@ -30,6 +30,13 @@ DETECTORS = ("yunet", "mtcnn", "haar")
 DETECT_MAX_PIXELS = 1280 * 960
 #: Detections below this confidence are not faces (the default everywhere: Python, the CLI and the page).
 MIN_FACE_SCORE = 0.6
+#: With the second search, a face both searches see (boxes overlapping by IoU 0.5 or more) is kept from this
+#: much below ``min_score`` (0.4 by default): two searches at different scales rarely agree on a texture, and
+#: the faces blur, dim light and busy backgrounds push under 0.6 are often seen twice. Chosen on PublicTest
+#: frames and scikit-image's photos without faces (``benchmarks/bench_detection.py``; README, "Detection").
+CONFIRMED_SCORE_DISCOUNT = 0.2
+#: YuNet reports nothing below this score, whatever ``min_score`` asks (the page decodes with the same floor).
+YUNET_SCORE_FLOOR = 0.3
 #: Faces found only by the second, enlarged search (``upscale_search``) are kept from this side up, in pixels
 #: of the image as first searched: the faces it adds are the blurred, low-resolution ones the first search
 #: misses, while what it finds below this size is mostly texture (README, "Accuracy on your photos").
@@ -71,25 +78,33 @@ class Face:
 
 
 def detect_faces(image_bgr: np.ndarray, detector: str = "yunet", min_score: float = MIN_FACE_SCORE,
-                 max_pixels: int = DETECT_MAX_PIXELS, upscale_search: bool = False) -> list[Face]:
+                 max_pixels: int = DETECT_MAX_PIXELS, upscale_search: bool = False,
+                 confirmed_discount: float = CONFIRMED_SCORE_DISCOUNT) -> list[Face]:
     """All faces in a BGR uint8 image, ordered left to right (then top to bottom).
 
     Images of more than ``max_pixels`` are searched on a copy scaled down to
     that many pixels and the boxes scaled back, which keeps detection time
     flat for 12-megapixel photos. With ``upscale_search`` the image is also
-    searched at twice that size, and the faces only that search finds
-    (overlapping no face of the first by IoU 0.3 or more, and at least
-    :data:`UPSCALE_SEARCH_MIN_FACE` pixels) are added: blurred, low-resolution
-    faces the first search misses (README, "Accuracy on your photos"), for 5x
-    the detection time. Safe to call from several threads at once.
+    searched at twice that size, for 5x the detection time (README, "Accuracy
+    on your photos"): a face of the first search that the second also sees
+    (IoU 0.5 or more) is kept from ``min_score - confirmed_discount``, and the
+    faces only the second finds (overlapping no face of the first by IoU 0.3
+    or more, and at least :data:`UPSCALE_SEARCH_MIN_FACE` pixels) from
+    ``min_score``: blurred, dim and low-resolution faces one search misses.
+    Safe to call from several threads at once.
     """
     height, width = image_bgr.shape[:2]
     scale = min(1.0, (max_pixels / (height * width)) ** 0.5)
-    faces = _search(image_bgr, detector, min_score, scale)
     if upscale_search:
-        faces += [f for f in _search(image_bgr, detector, min_score, 2 * scale)
-                  if max(f.box[2], f.box[3]) * scale >= UPSCALE_SEARCH_MIN_FACE
+        low = min_score - confirmed_discount
+        first, enlarged = _search(image_bgr, detector, low, scale), _search(image_bgr, detector, low, 2 * scale)
+        faces = [f for f in first
+                 if f.score >= min_score or any(box_iou(f.box, g.box) >= 0.5 for g in enlarged)]
+        faces += [f for f in enlarged
+                  if f.score >= min_score and max(f.box[2], f.box[3]) * scale >= UPSCALE_SEARCH_MIN_FACE
                   and all(box_iou(f.box, g.box) < 0.3 for g in faces)]
+    else:
+        faces = _search(image_bgr, detector, min_score, scale)
     faces = [_clip(f, width, height) for f in faces]
     return sorted((f for f in faces if f.box[2] > 1 and f.box[3] > 1), key=lambda f: (f.box[0], f.box[1]))
 
@@ -164,7 +179,7 @@ def _checked_yunet_model() -> str:
 def _yunet():
     import cv2
 
-    net = cv2.FaceDetectorYN.create(_checked_yunet_model(), "", (320, 320), 0.5, 0.3, 5000)
+    net = cv2.FaceDetectorYN.create(_checked_yunet_model(), "", (320, 320), YUNET_SCORE_FLOOR, 0.3, 5000)
 
     def detect(image_bgr: np.ndarray) -> list[Face]:
         net.setInputSize((image_bgr.shape[1], image_bgr.shape[0]))

@@ -77,6 +77,38 @@ def make_frame(face: np.ndarray, condition: Condition, rng: np.random.Generator)
     return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), (cx, cy, side)
 
 
+#: scikit-image's sample photos without a human face (they ship in its wheel): where a detector's false faces
+#: are counted.
+FACELESS_PHOTOS = ("brick", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass", "gravel", "horse",
+                   "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina", "rocket", "text",
+                   "microaneurysms", "stereo_motorcycle")
+
+
+def faceless_photos(names=FACELESS_PHOTOS, longest_sides=(320, 640, 1280)):
+    """Yield (name, BGR uint8 image) for each photo of ``names`` resized to each longest side, as it is,
+    mirrored, in grey and dimmed (contrast 0.5, darker, as the "dim" condition)."""
+    import cv2
+    from skimage import data as samples
+
+    for name in names:
+        photo = getattr(samples, name)()
+        photo = np.asarray(photo[0] if isinstance(photo, tuple) else photo)  # stereo_motorcycle: (left, right, ...)
+        if photo.dtype != np.uint8:  # a few are floats or booleans
+            photo = photo.astype(np.float64)
+            photo = np.rint(255 * (photo - photo.min()) / max(np.ptp(photo), 1e-9)).astype(np.uint8)
+        photo = cv2.cvtColor(photo, cv2.COLOR_GRAY2BGR) if photo.ndim == 2 else \
+            np.ascontiguousarray(photo[:, :, 2::-1])  # RGB(A) -> BGR
+        for longest in longest_sides:
+            scale = longest / max(photo.shape[:2])
+            image = cv2.resize(photo, (round(photo.shape[1] * scale), round(photo.shape[0] * scale)),
+                               interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+            gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+            dim = np.clip((image.astype(np.float32) - 128) * 0.5 + 70, 0, 255).astype(np.uint8)
+            for variant in (image, np.ascontiguousarray(image[:, ::-1]), cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR),
+                            dim):
+                yield name, variant
+
+
 def find_face(found: list, truth) -> face_module.Face | None:
     """The detection that is the placed face: its centre within 0.3 of the face's side, its size 0.5-1.6 of it."""
     cx, cy, side = truth

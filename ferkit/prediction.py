@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from dataclasses import dataclass, field
@@ -191,19 +192,20 @@ class Predictor:
             capture.release()
             raise ImageError(f"{source}: frames of {frame_pixels / 1e6:.0f} megapixels, over the limit of "
                              f"{self.max_pixels / 1e6:g}; pass max_pixels= (or --max-pixels) to allow them")
-        writer = None
-        temporary = None
         if output is not None:
             output = files.check_output_path(output, source)
         tracker = _Tracker(smoothing)
         rows, current = [], []
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, desc=f"video {Path(source).name}", unit="frame")
         index = 0
-        try:
+        with contextlib.ExitStack() as cleanup:  # unwound last-in first-out: the writer closes before the rename
+            cleanup.callback(capture.release)
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=total, desc=f"video {Path(source).name}", unit="frame")
+                cleanup.callback(bar.close)
+            writer = None
             while True:
                 ok, frame = capture.read()
                 if not ok:
@@ -221,7 +223,10 @@ class Predictor:
                                      **{f"p_{k}": v for k, v in prediction.probabilities.items()}})
                 if output is not None:
                     if writer is None:
-                        writer, temporary = _open_video_writer(output, fps, frame.shape[1], frame.shape[0])
+                        # The video appears at `output` only once complete (files.atomic_path).
+                        writer = _open_video_writer(cleanup.enter_context(files.atomic_path(output)), output,
+                                                    fps, frame.shape[1], frame.shape[0])
+                        cleanup.callback(writer.release)
                     writer.write(annotate(frame, current))
                 index += 1
                 if max_frames is not None and index > max_frames:
@@ -233,19 +238,6 @@ class Predictor:
                     on_progress(index, total)
             if index == 0:
                 raise ImageError(f"{source}: no frame could be decoded (empty video or unsupported codec)")
-            if writer is not None:
-                writer.release()
-                writer = None
-                os.replace(temporary, output)
-                temporary = None
-        finally:
-            capture.release()
-            if writer is not None:
-                writer.release()
-            if temporary is not None:
-                Path(temporary).unlink(missing_ok=True)
-            if bar is not None:
-                bar.close()
         import pandas as pd
 
         columns = ["frame", "time", "face_id", "x", "y", "width", "height", "label", "score"] + \
@@ -255,26 +247,20 @@ class Predictor:
         return table
 
 
-def _open_video_writer(output: Path, fps: float, width: int, height: int):
-    """An OpenCV writer on a temporary file beside ``output`` (renamed into place when complete)."""
-    import tempfile
-
+def _open_video_writer(path: Path, output: Path, fps: float, width: int, height: int):
+    """An OpenCV writer on ``path`` (the temporary file that becomes ``output``), with the codec the suffix calls
+    for."""
     import cv2
 
     from ferkit.files import OutputError
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=f".tmp{output.suffix}", dir=output.parent)
-    os.close(handle)
     # MPEG-4 for .mp4 (what players expect); VP8 for .webm, which browsers play (OpenCV's wheels have no H.264).
-    codec = {".mp4": "mp4v", ".webm": "VP80"}.get(output.suffix.lower(), "MJPG")
-    fourcc = cv2.VideoWriter_fourcc(*codec)
-    writer = cv2.VideoWriter(temporary, fourcc, fps, (width, height))
+    codec = {".mp4": "mp4v", ".webm": "VP80"}.get(path.suffix.lower(), "MJPG")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
     if not writer.isOpened():
-        Path(temporary).unlink(missing_ok=True)
         raise OutputError(f"{output}: OpenCV cannot write this video here (codec or folder); try an .mp4 or .avi "
                           "name in a writable folder")
-    return writer, temporary
+    return writer
 
 
 class _Tracker:

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferkit import files
-from ferkit.faces import (DETECT_MAX_PIXELS, MIN_FACE_SCORE, UPSCALE_SEARCH_MIN_FACE, YUNET_MODEL,
+from ferkit.faces import (CONFIRMED_SCORE_DISCOUNT, DETECT_MAX_PIXELS, MIN_FACE_SCORE, UPSCALE_SEARCH_MIN_FACE,
+                          YUNET_MODEL, YUNET_SCORE_FLOOR,
                           _checked_yunet_model)
 from ferkit.model import ModelMeta, resolve_model
 
@@ -113,7 +114,8 @@ def models_index(entries: list[ModelEntry]) -> dict:
     return {
         # The search Predictor.predict makes, for pipeline.js (ferkit.faces.detect_faces).
         "detector": {"url": "models/yunet.onnx", "min_face_score": MIN_FACE_SCORE, "max_pixels": DETECT_MAX_PIXELS,
-                     "upscale_search_min_face": UPSCALE_SEARCH_MIN_FACE},
+                     "upscale_search_min_face": UPSCALE_SEARCH_MIN_FACE,
+                     "confirmed_score_discount": CONFIRMED_SCORE_DISCOUNT, "score_floor": YUNET_SCORE_FLOOR},
         "colors": {name: f"rgb({r},{g},{b})" for name, (b, g, r) in EMOTION_COLORS.items()},
         "models": [{"name": e.name, "url": f"models/{e.name}.onnx", "class_names": e.meta.class_names,
                     "input_size": e.meta.input_size, "face_margin": e.meta.face_margin,

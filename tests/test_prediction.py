@@ -1,6 +1,8 @@
 """Image inputs, face detection, the shared preprocessing, prediction, annotation and video."""
 
 import io
+import os
+import stat
 import json
 from pathlib import Path
 
@@ -129,23 +131,29 @@ def test_a_long_strip_of_faces_is_not_shrunk_below_the_detector(face_patch):
     assert len(faces.detect_faces(strip)) == 24
 
 
-def test_the_upscaled_search_adds_only_new_faces_of_a_real_size(monkeypatch, random_model):
+def test_the_upscaled_search_adds_new_faces_of_a_real_size_and_faces_seen_twice(monkeypatch, random_model):
     """The merge of the two searches, with the detector's answers per search scale made up."""
     first = faces.Face((100, 100, 120, 120), 0.9)
-    answers = {1.0: [first],
+    seen_twice = faces.Face((500, 50, 100, 100), 0.45)  # under MIN_FACE_SCORE, but the enlarged search agrees
+    answers = {1.0: [first, seen_twice,
+                     faces.Face((20, 300, 90, 90), 0.45),  # as low, and only this search sees it: dropped
+                     faces.Face((250, 20, 90, 90), 0.35)],  # below MIN_FACE_SCORE - CONFIRMED_SCORE_DISCOUNT
                2.0: [faces.Face((104, 98, 118, 122), 0.95),  # the first search's face again: not added
                      faces.Face((400, 200, 80, 80), 0.7),  # a face only the enlarged search finds: added
-                     faces.Face((300, 380, 40, 40), 0.8)]}  # smaller than UPSCALE_SEARCH_MIN_FACE: texture
+                     faces.Face((300, 380, 40, 40), 0.8),  # smaller than UPSCALE_SEARCH_MIN_FACE: texture
+                     faces.Face((503, 52, 98, 98), 0.42),  # seen_twice, again
+                     faces.Face((252, 22, 88, 88), 0.36)]}  # with the 0.35 face: both too low
     calls = []
     monkeypatch.setattr(faces, "_search", lambda image, detector, min_score, scale: (
-        calls.append(scale), list(answers[scale]))[1])
+        calls.append(scale), [f for f in answers[scale] if f.score >= min_score])[1])
     scene = np.full((480, 640, 3), 128, np.uint8)
     assert faces.detect_faces(scene) == [first] and calls == [1.0]
     both = faces.detect_faces(scene, upscale_search=True)
-    assert both == [first, answers[2.0][1]] and calls == [1.0, 1.0, 2.0]
+    assert both == [first, answers[2.0][1], seen_twice] and calls == [1.0, 1.0, 2.0]
+    assert faces.detect_faces(scene, upscale_search=True, confirmed_discount=0) == [first, answers[2.0][1]]
     assert faces.UPSCALE_SEARCH_MIN_FACE > 40
     predictor = Predictor(random_model)
-    assert len(predictor.predict(scene, "bgr").faces) == 2  # photos: both searches, by default
+    assert len(predictor.predict(scene, "bgr").faces) == 3  # photos: both searches, by default
     assert len(predictor.predict(scene, "bgr", upscale_search=False).faces) == 1
     assert len(Predictor(random_model, upscale_search=False).predict(scene, "bgr").faces) == 1
 
@@ -351,6 +359,35 @@ def test_video_round_trip_tracks_one_moving_face(predictor, face_patch, tmp_path
     np.testing.assert_allclose(table[[c for c in table if c.startswith("p_")]].sum(axis=1), 1, atol=1e-4)
     check = cv2.VideoCapture(str(out))
     assert int(check.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+
+
+def test_a_stopped_video_leaves_the_earlier_output_and_a_finished_one_gets_ordinary_permissions(
+        predictor, face_patch, tmp_path):
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 12, (480, 240))
+    for i in range(6):
+        writer.write(scene(face_patch, [(20 + 8 * i, 40)], size=(240, 480)))
+    writer.release()
+    out = tmp_path / "out.avi"
+    out.write_bytes(b"the earlier result")
+    os.chmod(out, 0o640)
+
+    def stop_at_frame_3(done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predictor.predict_video(clip, out, progress=False, on_progress=stop_at_frame_3)
+    assert out.read_bytes() == b"the earlier result" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "clip.avi", "out.avi"]  # no temporary file left behind
+    predictor.predict_video(clip, out, progress=False)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640  # the replaced file's permissions
+    fresh = tmp_path / "fresh.avi"
+    predictor.predict_video(clip, fresh, progress=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+    assert int(cv2.VideoCapture(str(fresh)).get(cv2.CAP_PROP_FRAME_COUNT)) == 6
 
 
 def test_video_that_cannot_open(predictor, tmp_path):

@@ -148,22 +148,27 @@ def test_the_pages_two_searches_merge_as_detect_faces_does(server, browser, monk
     from ferkit import faces
 
     index = json.loads(urllib.request.urlopen(server + "models/index.json").read())
-    answers = {1.0: [faces.Face((100, 100, 120, 120), 0.9)],
+    answers = {1.0: [faces.Face((100, 100, 120, 120), 0.9), faces.Face((500, 50, 100, 100), 0.45),
+                     faces.Face((20, 300, 90, 90), 0.45), faces.Face((250, 20, 90, 90), 0.35)],
                2.0: [faces.Face((104, 98, 118, 122), 0.95), faces.Face((400, 200, 80, 80), 0.7),
-                     faces.Face((300, 380, 40, 40), 0.8), faces.Face((600, 440, 90, 90), 0.75)]}
-    monkeypatch.setattr(faces, "_search", lambda image, detector, min_score, scale: list(answers[scale]))
+                     faces.Face((300, 380, 40, 40), 0.8), faces.Face((600, 440, 90, 90), 0.75),
+                     faces.Face((503, 52, 98, 98), 0.42), faces.Face((252, 22, 88, 88), 0.36)]}
+    monkeypatch.setattr(faces, "_search", lambda image, detector, min_score, scale: [
+        f for f in answers[scale] if f.score >= min_score])
     expected = faces.detect_faces(np.zeros((480, 640, 3), np.uint8), upscale_search=True)
     page = Page(browser, server, None)
     in_page = page.page.evaluate(
         """async ([search, answers]) => {
              const { Pipeline } = await import("./pipeline.js");
              const pipeline = new Pipeline(null, null, null, {}, search);
-             pipeline.search = async (image, scale) => answers[String(scale)].map((f) => ({ ...f, landmarks: [] }));
+             pipeline.search = async (image, scale, minScore) => answers[String(scale)]
+               .filter((f) => f.score >= minScore).map((f) => ({ ...f, landmarks: [] }));
              return (await pipeline.detect({ width: 640, height: 480 }, { upscaleSearch: true })).map((f) => f.box);
            }""",
         [index["detector"], {str(int(k)): [{"box": list(f.box), "score": f.score} for f in v] for k, v in answers.items()}])
     assert in_page == [list(f.box) for f in expected]
-    assert len(expected) == 3 and expected[-1].box == (600, 440, 40, 40)  # clipped to the frame
+    assert len(expected) == 4 and expected[-1].box == (600, 440, 40, 40)  # clipped to the frame
+    assert (500, 50, 100, 100) in [f.box for f in expected]  # seen by both searches, kept under 0.6
 
 
 @pytest.mark.parametrize("degrees, offset, dim", [(0, 0.0, False), (17, 0.05, False), (-23, -0.03, False),

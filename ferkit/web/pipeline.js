@@ -11,7 +11,8 @@
 //
 // Everything runs in ONNX Runtime Web; no frame leaves the browser.
 
-const YUNET = { scoreThreshold: 0.5, nmsThreshold: 0.3, topK: 5000, strides: [8, 16, 32] };
+// OpenCV FaceDetectorYN's settings as ferkit.faces creates it; the score floor comes from index.json.
+const YUNET = { nmsThreshold: 0.3, topK: 5000, strides: [8, 16, 32] };
 
 export function roundHalfEven(value) {
   const floor = Math.floor(value);
@@ -45,8 +46,9 @@ function iou(a, b) {
   return inter / (a[2] * a[3] + b[2] * b[3] - inter);
 }
 
-// YuNet's outputs -> [{box: [x, y, w, h] floats, score, landmarks}] after NMS, as cv::FaceDetectorYN decodes them.
-export function decodeYunet(outputs, paddedW, paddedH) {
+// YuNet's outputs -> [{box: [x, y, w, h] floats, score, landmarks}] after NMS, as cv::FaceDetectorYN decodes them
+// with score threshold `floor`.
+export function decodeYunet(outputs, paddedW, paddedH, floor) {
   const candidates = [];
   for (const stride of YUNET.strides) {
     const cols = paddedW / stride, rows = paddedH / stride;
@@ -56,7 +58,7 @@ export function decodeYunet(outputs, paddedW, paddedH) {
       for (let c = 0; c < cols; c++) {
         const i = r * cols + c;
         const score = Math.sqrt(Math.min(Math.max(cls[i], 0), 1) * Math.min(Math.max(obj[i], 0), 1));
-        if (score < YUNET.scoreThreshold) continue;
+        if (score < floor) continue;
         const cx = (c + bbox[i * 4]) * stride, cy = (r + bbox[i * 4 + 1]) * stride;
         const w = Math.exp(bbox[i * 4 + 2]) * stride, h = Math.exp(bbox[i * 4 + 3]) * stride;
         const landmarks = [];
@@ -211,8 +213,8 @@ function rescale(image, scale) {
 
 export class Pipeline {
   // ort: the onnxruntime-web module; meta: the model's fer.meta.json (class names, input size, crop settings);
-  // search: index.json's detector settings (ferkit.faces: min_face_score, DETECT_MAX_PIXELS, the smallest face
-  // kept from the enlarged search, UPSCALE_SEARCH_MIN_FACE).
+  // search: index.json's detector settings (ferkit.faces: MIN_FACE_SCORE, DETECT_MAX_PIXELS, the smallest face
+  // kept from the enlarged search UPSCALE_SEARCH_MIN_FACE, CONFIRMED_SCORE_DISCOUNT, YUNET_SCORE_FLOOR).
   static async create(ort, { detectorUrl, modelUrl, meta, search, executionProviders = ["wasm"] }) {
     const options = { executionProviders, graphOptimizationLevel: "all" };
     const [detector, classifier] = await Promise.all([
@@ -220,22 +222,33 @@ export class Pipeline {
     return new Pipeline(ort, detector, classifier, meta, search);
   }
 
-  constructor(ort, detector, classifier, meta, { min_face_score, max_pixels, upscale_search_min_face }) {
+  constructor(ort, detector, classifier, meta,
+              { min_face_score, max_pixels, upscale_search_min_face, confirmed_score_discount, score_floor }) {
     Object.assign(this, { ort, detector, classifier, meta, minFaceScore: min_face_score, maxPixels: max_pixels,
-                          upscaleMinFace: upscale_search_min_face });
+                          upscaleMinFace: upscale_search_min_face, confirmedDiscount: confirmed_score_discount,
+                          scoreFloor: score_floor });
   }
 
   // ferkit.faces.detect_faces: one search on the frame scaled to the pixel budget; with upscaleSearch (photos)
-  // a second at twice that size, keeping the faces only it finds (IoU below 0.3 with every face of the first)
-  // from upscaleMinFace up.
+  // a second at twice that size: a face of the first that the second also sees (IoU 0.5 or more) is kept from
+  // minFaceScore - confirmedDiscount, and the faces only the second finds (IoU below 0.3 with every face kept)
+  // from minFaceScore and upscaleMinFace up.
   async detect(image, { upscaleSearch = false } = {}) {
     const scale = Math.min(1, Math.sqrt(this.maxPixels / (image.width * image.height)));
-    const faces = await this.search(image, scale);
+    let faces;
     if (upscaleSearch) {
-      for (const face of await this.search(image, 2 * scale)) {
+      const low = this.minFaceScore - this.confirmedDiscount;
+      const first = await this.search(image, scale, low), enlarged = await this.search(image, 2 * scale, low);
+      faces = first.filter((face) => face.score >= this.minFaceScore
+                                     || enlarged.some((other) => iou(face.box, other.box) >= 0.5));
+      for (const face of enlarged) {
         const big = Math.max(face.box[2], face.box[3]) * scale >= this.upscaleMinFace;
-        if (big && faces.every((other) => iou(face.box, other.box) < 0.3)) faces.push(face);
+        if (face.score >= this.minFaceScore && big && faces.every((other) => iou(face.box, other.box) < 0.3)) {
+          faces.push(face);
+        }
       }
+    } else {
+      faces = await this.search(image, scale, this.minFaceScore);
     }
     const kept = [];
     for (const face of faces) {
@@ -248,13 +261,14 @@ export class Pipeline {
     return kept.sort((a, b) => a.box[0] - b.box[0] || a.box[1] - b.box[1]);
   }
 
-  // One detector pass over the frame resized by `scale`: boxes (rounded) and landmarks in the frame's pixels.
-  async search(image, scale) {
+  // One detector pass over the frame resized by `scale`: the faces scoring minScore or more, boxes (rounded) and
+  // landmarks in the frame's pixels.
+  async search(image, scale, minScore) {
     const { image: searched, back } = rescale(image, scale);
     const { blob, paddedW, paddedH } = detectorInput(searched);
     const input = new this.ort.Tensor("float32", blob, [1, 3, paddedH, paddedW]);
     const outputs = await this.detector.run({ [this.detector.inputNames[0]]: input });
-    return decodeYunet(outputs, paddedW, paddedH).filter((found) => found.score >= this.minFaceScore).map((found) => ({
+    return decodeYunet(outputs, paddedW, paddedH, this.scoreFloor).filter((found) => found.score >= minScore).map((found) => ({
       box: found.box.map((v, i) => roundHalfEven(v * back[i % 2])), score: found.score,
       landmarks: found.landmarks.map(([lx, ly]) => [lx * back[0], ly * back[1]]),
     }));
