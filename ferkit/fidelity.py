@@ -73,8 +73,13 @@ def make_frame(face: np.ndarray, condition: Condition, rng: np.random.Generator)
         frame = cv2.GaussianBlur(frame, (0, 0), 1.5)
         frame = cv2.imdecode(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 30])[1], cv2.IMREAD_GRAYSCALE)
     elif condition.degrade == "dim":
-        frame = np.clip((frame.astype(np.float32) - 128) * 0.5 + 70, 0, 255).astype(np.uint8)
+        frame = _dim(frame)
     return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), (cx, cy, side)
+
+
+def _dim(image: np.ndarray) -> np.ndarray:
+    """uint8 ``image`` at half the contrast and darker: the "dim" condition's light."""
+    return np.clip((image.astype(np.float32) - 128) * 0.5 + 70, 0, 255).astype(np.uint8)
 
 
 #: scikit-image's sample photos without a human face (they ship in its wheel): where a detector's false faces
@@ -103,9 +108,8 @@ def faceless_photos(names=FACELESS_PHOTOS, longest_sides=(320, 640, 1280)):
             image = cv2.resize(photo, (round(photo.shape[1] * scale), round(photo.shape[0] * scale)),
                                interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
             gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-            dim = np.clip((image.astype(np.float32) - 128) * 0.5 + 70, 0, 255).astype(np.uint8)
             for variant in (image, np.ascontiguousarray(image[:, ::-1]), cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR),
-                            dim):
+                            _dim(image)):
                 yield name, variant
 
 
