@@ -2,6 +2,7 @@
 
     python benchmarks/bench_detection.py [--split PublicTest] [--limit 300]
     python benchmarks/bench_detection.py --discounts 0 0.1 0.15 0.2 0.25 --no-landmarks  # choosing the discount
+    python benchmarks/bench_detection.py --crop-geometry  # the crops' scale and offset, against training's jitter
 
 Faces are placed into frames as ``ferkit.fidelity`` does. Recall table, per
 condition with faces of 96 px or more: the share of faces found by one search
@@ -15,6 +16,12 @@ without faces (``fidelity.faceless_photos``: 19 photos, 3 sizes, 4 variants). La
 line: for faces turned by up to 20 degrees, the fitted slope and median error
 of YuNet's eye angle against the true turn (both relative to the same face
 upright).
+
+``--crop-geometry`` prints instead how the crops ``Predictor`` cuts from the
+detected boxes (the shipped model's margin) sit against the dataset's own
+crop of each face, in the terms of training's augmentation: the magnification
+(true side / crop side; training draws it from ``1 +- zoom``) and the centre's
+offset per axis (in units of the side; training draws it from ``+- shift``).
 """
 
 from __future__ import annotations
@@ -42,8 +49,13 @@ def main() -> None:
                         help="CONFIRMED_SCORE_DISCOUNT values to compare, one column each (default: none and "
                              "the shipped one)")
     parser.add_argument("--no-landmarks", action="store_true", help="skip the eye-angle line")
+    parser.add_argument("--crop-geometry", action="store_true",
+                        help="only the crops' magnification and offset per condition")
     args = parser.parse_args()
     images = data.load_fer2013(data.dataset_path(args.data), progress=False).split(args.split).images[:args.limit]
+    if args.crop_geometry:
+        crop_geometry(images, args.split)
+        return
     ways = {"one search": dict(upscale_search=False)}
     for discount in args.discounts:
         name = f"faces seen twice from {faces.MIN_FACE_SCORE - discount:.2f}" if discount else "each face from 0.6"
@@ -97,6 +109,27 @@ def main() -> None:
     slope = np.polyfit(true, estimated, 1)[0]
     print(f"\neye angle vs true turn (up to 20 degrees, {len(true)} faces found both ways): slope {slope:.2f}, "
           f"median error {np.median(np.abs(estimated - true)):.1f} degrees")
+
+
+def crop_geometry(images: np.ndarray, split: str) -> None:
+    """The table of ``--crop-geometry``: percentiles over the faces found in each condition."""
+    from ferkit.model import read_meta
+
+    margin = read_meta("fer").face_margin
+    print(f"# {split}, first {len(images)} faces, YuNet, both searches; crops with the shipped margin {margin:+g}, "
+          "against the dataset's crop of the same face (5th, 50th, 95th percentile)\n")
+    print("| condition | faces found | magnification | offset x / side | offset y / side |\n|---|---|---|---|---|")
+    for condition in fidelity.CONDITIONS:
+        rows = []
+        for index, image in enumerate(images):
+            frame, (cx, cy, side) = fidelity.make_frame(image, condition, np.random.default_rng((0, index)))
+            face = fidelity.find_face(faces.detect_faces(frame), (cx, cy, side))
+            if face is not None:
+                crop_side = max(face.box[2], face.box[3]) * (1 + 2 * margin)  # as faces.crop_face cuts it
+                rows.append((side / crop_side, (face.center[0] - cx) / side, (face.center[1] - cy) / side))
+        spread = lambda values: " / ".join(f"{v:.2f}" for v in np.percentile(values, [5, 50, 95]))
+        columns = np.array(rows).T if rows else np.full((3, 1), np.nan)
+        print(f"| {condition.name} | {len(rows)} | " + " | ".join(spread(c) for c in columns) + " |", flush=True)
 
 
 if __name__ == "__main__":

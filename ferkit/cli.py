@@ -214,15 +214,21 @@ def _select(dataset: data.FerDataset, args) -> data.FerDataset:
 def cmd_train(args) -> None:
     from ferkit import training
 
+    if args.member is not None and not (args.init_weights or args.finetune_from):
+        raise ValueError("--member N picks a network of the model given to --init-weights or --finetune-from; "
+                         "give one of those too")
     dataset = _select(_load(args), args).limit(args.limit, args.seed)
     config = training.TrainConfig(
         architecture=args.architecture, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
         class_weight=args.class_weight, precision=args.precision, threshold_accuracy=args.threshold_accuracy,
         threshold_val_accuracy=args.threshold_val_accuracy, early_stopping_patience=args.early_stopping,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, init_weights=args.init_weights,
+        init_member=args.member,
         average_last=args.average_last, average_learning_rate=args.average_learning_rate,
         teacher=args.teacher, teacher_weight=args.teacher_weight,
-        augmentation=training.Augmentation(shift=args.shift, erase_probability=args.erase_probability))
+        augmentation=training.Augmentation(shift=args.shift, erase_probability=args.erase_probability,
+                                           blur_probability=args.blur_probability,
+                                           jpeg_probability=args.jpeg_probability))
     if args.finetune_from:
         config = config.second_stage(args.finetune_from)
     # Options left unset keep the stage's own values; options given always win.
@@ -349,6 +355,12 @@ def _add_train_options(train, architecture: str, out: str, checkpoint_dir: str, 
                        help="random shift per axis, as a fraction of the image size")
     train.add_argument("--erase-probability", type=float, default=defaults.augmentation.erase_probability,
                        help="chance that an image gets a random rectangle of noise (random erasing)")
+    blur, jpeg = defaults.augmentation.blur_sigma, defaults.augmentation.jpeg_quality
+    train.add_argument("--blur-probability", type=float, default=defaults.augmentation.blur_probability,
+                       metavar="P", help=f"chance that an image is blurred (Gaussian, sigma {blur[0]:g}-{blur[1]:g} "
+                                         "pixels), as faces cropped from soft photos and small faces are")
+    train.add_argument("--jpeg-probability", type=float, default=defaults.augmentation.jpeg_probability,
+                       metavar="P", help=f"chance that an image is re-encoded as JPEG (quality {jpeg[0]}-{jpeg[1]})")
     start = train.add_mutually_exclusive_group()
     start.add_argument("--init-weights", metavar="MODEL",
                        help="start from this saved model's weights (stem or .h5; same architecture and classes), "
@@ -357,6 +369,9 @@ def _add_train_options(train, architecture: str, out: str, checkpoint_dir: str, 
                        help="a further training stage, as the shipped model's CPU networks were trained: start from "
                             "MODEL (the previous stage's --out) with a lower learning rate and milder rotation "
                             "and zoom")
+    train.add_argument("--member", type=int, metavar="N",
+                       help="with --init-weights/--finetune-from an average such as fer: start from its N-th "
+                            "network, counted from 1 (default: the first of --architecture)")
     train.add_argument("--average-last", type=int, default=defaults.average_last, metavar="N",
                        help="stochastic weight averaging: end the cosine decay N epochs early, hold the learning "
                             "rate at --average-learning-rate and average those N epochs' weights; the average "

@@ -42,6 +42,13 @@ class Augmentation:
     erase_probability: float = 0.25  # random erasing (one rectangle of 2-20% of the area)
     brightness: float = 20.0  # added grey levels, drawn from [-brightness, brightness]
     contrast: float = 0.2  # contrast factor drawn from [1 - contrast, 1 + contrast]
+    #: The softness and compression of faces cropped from photos and webcam frames (a face resampled to 48x48
+    #: from a small or blurred one, a JPEG): the share of images given a Gaussian blur with sigma drawn from
+    #: ``blur_sigma`` (pixels at 48x48), and the share re-encoded as JPEG at a quality drawn from ``jpeg_quality``.
+    blur_probability: float = 0.0
+    blur_sigma: tuple[float, float] = (0.3, 1.2)
+    jpeg_probability: float = 0.0
+    jpeg_quality: tuple[int, int] = (20, 70)
 
 
 @dataclass
@@ -61,6 +68,9 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     #: Start from a saved model's weights (same architecture and classes) instead of random ones.
     init_weights: str | None = None
+    #: Where ``init_weights`` is an average (``ensemble``): which of its networks, counted from 1 (default: the
+    #: first of this architecture).
+    init_member: int | None = None
     #: Weight averaging (SWA) over the last N epochs: the cosine decay ends N epochs early at
     #: ``average_learning_rate``, which then holds while the epochs' weights are averaged.
     average_last: int = 0
@@ -120,6 +130,21 @@ def augment_batch(images: np.ndarray, augmentation: Augmentation, rng: np.random
         out[i, :, :, 0] = cv2.warpAffine(images[i, :, :, 0], inverse_maps[i], (size, size),
                                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                          borderMode=cv2.BORDER_REFLECT)
+
+    if a.blur_probability > 0 or a.jpeg_probability > 0:  # (drawn only then: older recipes keep their batches)
+        blurred = uniform(0.0, 1.0) < a.blur_probability
+        sigmas = uniform(*a.blur_sigma)
+        compressed = uniform(0.0, 1.0) < a.jpeg_probability
+        qualities = rng.integers(a.jpeg_quality[0], a.jpeg_quality[1] + 1, batch)
+        for i in np.flatnonzero(blurred | compressed):
+            image = out[i, :, :, 0]
+            if blurred[i]:
+                image = cv2.GaussianBlur(image, (0, 0), float(sigmas[i]), borderType=cv2.BORDER_REFLECT)
+            if compressed[i]:
+                encoded = cv2.imencode(".jpg", np.clip(np.rint(image), 0, 255).astype(np.uint8),
+                                       [cv2.IMWRITE_JPEG_QUALITY, int(qualities[i])])[1]
+                image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE).astype(np.float32)
+            out[i, :, :, 0] = image
 
     if a.contrast or a.brightness:
         mean = out.mean(axis=(1, 2, 3), keepdims=True)
@@ -361,7 +386,8 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
         model = build_model(config.architecture, num_classes)
         if keras.backend.backend() == "tensorflow":
             model = with_fused_batchnorm(model)  # same model, faster BatchNorm; saved with the built-in layer
-        initial_meta = load_initial_weights(model, config.init_weights) if config.init_weights else None
+        initial_meta = load_initial_weights(model, config.init_weights, config.init_member) \
+            if config.init_weights else None
         optimizer = keras.optimizers.SGD(learning_rate_schedule(config, steps_per_epoch), momentum=0.9,
                                          nesterov=True, weight_decay=config.weight_decay)
         model.compile(optimizer=optimizer,
@@ -557,23 +583,34 @@ def _choose_average(model, averager, architecture: str, num_classes: int, train_
     return (average if saved else best_epoch), summary
 
 
-def load_initial_weights(model, path: str | Path) -> ModelMeta:
+def load_initial_weights(model, path: str | Path, member: int | None = None) -> ModelMeta:
     """Copy a saved model's weights (``path``: stem or .json/.h5/.keras) into ``model``; return its metadata.
 
     For a second, differently regularised training stage or fine-tuning; the
     saved model must have the same architecture and number of classes. From an
     average of models (``python -m ferkit ensemble``, such as the shipped
-    ``fer``) it takes the first member of ``model``'s architecture.
+    ``fer``) it takes network number ``member`` (counted from 1), by default
+    the first of ``model``'s architecture.
     """
     from ferkit.model import load_model, networks_of
 
     source, meta = load_model(path)
     ours = [tuple(w.shape) for w in model.weights]
-    if meta.architecture.startswith("average("):
+    is_average = meta.architecture.startswith("average(")
+    if member is not None:
+        count = len(networks_of(source, meta, path))
+        if not 1 <= member <= count:
+            raise ValueError(f"{path}: member {member} does not exist; it holds {count} network"
+                             f"{'s' if count != 1 else ''} (members 1-{count})")
+    if is_average:
         members = networks_of(source, meta, path)
-        fitting = [(member, record) for member, record in members
-                   if [tuple(w.shape) for w in member.weights] == ours]
+        fitting = [(network, record) for index, (network, record) in enumerate(members, start=1)
+                   if [tuple(w.shape) for w in network.weights] == ours and member in (None, index)]
         if not fitting:
+            if member is not None:
+                raise ValueError(f"{path}: member {member} is a {members[member - 1][1]['architecture']}; "
+                                 f"train with --architecture {members[member - 1][1]['architecture']} "
+                                 f"to start from it")
             raise ValueError(f"{path}: none of its members ({', '.join(r['architecture'] for _, r in members)}, "
                              f"with {len(meta.class_names)} classes) fits a {model.name} with "
                              f"{model.output_shape[-1]} classes; train with --architecture one of theirs")

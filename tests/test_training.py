@@ -122,6 +122,27 @@ def test_augmented_rotation_turns_a_bar_about_the_centre():
     assert turned[0, 4:44, 23:25].mean() > 200 and turned[0, 23:25, 4:18].mean() < 60  # now vertical
 
 
+def test_blur_and_jpeg_soften_the_drawn_share_of_images_only():
+    checkers = np.indices((48, 48)).sum(0) % 2 * 255.0  # all detail, the first thing blur and JPEG remove
+    images = np.repeat(checkers[None, :, :, None], 200, 0).astype("float32")
+    still = training.Augmentation(flip=False, rotation_degrees=0, zoom=0, shift=0, erase_probability=0,
+                                  brightness=0, contrast=0)
+    detail = lambda batch: np.abs(np.diff(batch, axis=2)).mean(axis=(1, 2, 3))  # per image
+    np.testing.assert_array_equal(training.augment_batch(images, still, np.random.default_rng(0)), images)
+    for change in ({"blur_probability": 0.5}, {"jpeg_probability": 0.5, "jpeg_quality": (20, 20)}):
+        out = training.augment_batch(images, replace(still, **change), np.random.default_rng(1))
+        softened = detail(out) < 0.99 * detail(images)
+        unchanged = (out == images).all(axis=(1, 2, 3))
+        assert (softened | unchanged).all(), change
+        assert 0.35 < softened.mean() < 0.65, change  # about the share asked for
+        assert out.min() >= 0 and out.max() <= 255
+    sigma_one = training.augment_batch(images[:1], replace(still, blur_probability=1.0, blur_sigma=(1.0, 1.0)),
+                                       np.random.default_rng(2))
+    import cv2
+    np.testing.assert_allclose(sigma_one[0, :, :, 0], cv2.GaussianBlur(checkers.astype("float32"), (0, 0), 1.0,
+                                                                      borderType=cv2.BORDER_REFLECT), atol=1e-3)
+
+
 class _FixedDraws:
     """A stand-in numpy Generator whose uniform(low, high) always returns low + fraction * (high - low)."""
 
@@ -377,6 +398,29 @@ def test_init_weights_from_an_ensemble_take_the_member_of_that_architecture(tmp_
             np.testing.assert_array_equal(ours, theirs)
     with pytest.raises(ValueError, match="avg: none of its members \\(vgg_small, vgg, with 7 classes\\) fits a seed_cnn"):
         training.load_initial_weights(build_model("seed_cnn"), tmp_path / "avg")
+
+
+def test_member_picks_that_network_of_an_average(tmp_path):
+    from ferkit.model import average_models
+
+    keras.utils.set_random_seed(5)
+    networks = [build_model("vgg_small"), build_model("vgg_small"), build_model("lite")]
+    for index, network in enumerate(networks, start=1):
+        save_model(network, tmp_path / f"n{index}", ModelMeta(architecture=network.name, training={"n": index}))
+    averaged, averaged_meta = average_models([tmp_path / "n1", tmp_path / "n2", tmp_path / "n3"])
+    save_model(averaged, tmp_path / "avg", averaged_meta)
+    for member, expected in ((None, 0), (1, 0), (2, 1)):
+        fresh = build_model("vgg_small")
+        meta = training.load_initial_weights(fresh, tmp_path / "avg", member)
+        assert meta.training == {"n": expected + 1}
+        for ours, theirs in zip(fresh.get_weights(), networks[expected].get_weights()):
+            np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(ValueError, match="avg: member 3 is a lite; train with --architecture lite"):
+        training.load_initial_weights(build_model("vgg_small"), tmp_path / "avg", 3)
+    with pytest.raises(ValueError, match="avg: member 4 does not exist; it holds 3 networks"):
+        training.load_initial_weights(build_model("vgg_small"), tmp_path / "avg", 4)
+    with pytest.raises(ValueError, match="n1: member 2 does not exist; it holds 1 network "):
+        training.load_initial_weights(build_model("vgg_small"), tmp_path / "n1", 2)
 
 
 # ---------------------------------------------------------------- resume and distribution
