@@ -110,3 +110,28 @@ def require_regular_file(path: str | os.PathLike, what: str = "file") -> Path:
         kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
         raise OSError(f"{path}: is {kind}, not a regular file; refusing to open it")
     return path
+
+
+@contextmanager
+def stderr_descriptor_to(fd: int) -> Iterator[bool]:
+    """Point the process's file descriptor 2 at ``fd`` until the block ends; yields whether it could.
+
+    For messages that C libraries (TensorFlow's start-up, libjpeg) write to
+    descriptor 2 directly, past ``sys.stderr``. Yields False, changing
+    nothing, where the process has no usable descriptor 2 (some embedded
+    interpreters).
+    """
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield False
+        return
+    os.dup2(fd, 2)
+    try:
+        yield True
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

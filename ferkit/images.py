@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from ferkit.files import stderr_descriptor_to
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: Largest image decoded by default: a 30000x30000 PNG is 100 KB on disk but 2.7 GB in memory.
@@ -146,23 +147,13 @@ def _native_messages():
     import tempfile
 
     messages: list[str] = []
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable stderr (some embedded interpreters): nothing to collect
-        yield messages
-        return
     with _native_lock, tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
+        with stderr_descriptor_to(capture.fileno()):
             yield messages
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            printed = capture.read().decode("utf-8", errors="replace")
-            messages += [line.strip() for line in printed.splitlines()
-                         if line.strip() and not line.lstrip().startswith(("[ WARN:", "[ERROR:", "[ INFO:"))]
+        capture.seek(0)
+        printed = capture.read().decode("utf-8", errors="replace")
+        messages += [line.strip() for line in printed.splitlines()
+                     if line.strip() and not line.lstrip().startswith(("[ WARN:", "[ERROR:", "[ INFO:"))]
 
 
 def _too_large(name: str, width: int, height: int, max_pixels: int) -> str:

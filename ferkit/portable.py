@@ -19,6 +19,8 @@ import os
 import sys
 from functools import lru_cache
 
+from ferkit.files import stderr_descriptor_to
+
 #: The oldest pair ferkit's models are tested on (CI loads and runs the shipped model there).
 #: Keras 3.0-3.3 cannot rebuild an average's nested networks.
 MIN_KERAS = (3, 4)
@@ -41,21 +43,18 @@ def import_keras():
     """
     if "keras" not in sys.modules and os.environ.get(VERBOSE_ENV) != "1":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        sys.stderr.flush()
-        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
         try:
-            if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
-                try:
-                    import tensorflow as tf
-                except ImportError:
-                    pass  # Keras says what is missing when it is imported below
-                else:
-                    tf.config.list_logical_devices()  # device discovery logs the CUDA probe
-            import keras  # noqa: F401
+            with stderr_descriptor_to(devnull):
+                if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+                    try:
+                        import tensorflow as tf
+                    except ImportError:
+                        pass  # Keras says what is missing when it is imported below
+                    else:
+                        tf.config.list_logical_devices()  # device discovery logs the CUDA probe
+                import keras  # noqa: F401
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
             os.close(devnull)
     import keras
 

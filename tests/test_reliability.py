@@ -350,6 +350,14 @@ def test_a_jpeg_corrupted_mid_file_is_read_and_reported_by_name():
         assert load_image(damaged, name="holiday.jpg").shape == (512, 512, 3)
 
 
+def test_keras_start_up_is_quiet_and_stderr_works_after_it():
+    script = ("import os, sys\nfrom ferkit.portable import import_keras\nimport_keras()\n"
+              "os.write(2, b'C level\\n')\nraise SystemExit('Python level')")
+    environment = {key: value for key, value in ENV.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", "FERKIT_VERBOSE")}
+    quiet = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True)
+    assert quiet.stderr.splitlines() == ["C level", "Python level"]  # nothing of TensorFlow's; stderr restored
+
+
 # ---------------------------------------------------------------- prediction: threads and outputs
 
 @pytest.fixture(scope="module")
