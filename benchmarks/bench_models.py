@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from ferkit import data, fidelity  # noqa: E402
 from ferkit.model import load_model, networks_of, predict_probabilities, resolve_model, traced_forward  # noqa: E402
+from bench_pipeline import DETECTION_CACHE  # noqa: E402
 
 
 def throughput(forwards: dict, batch: int, rounds: int = 5, calls: int = 40) -> dict:
@@ -72,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     test = data.load_fer2013(data.dataset_path(args.data), progress=False).split("PrivateTest")
-    found = fidelity.detect(test.images, fidelity.CONDITIONS[0])
+    found = fidelity.detect(test.images, fidelity.CONDITIONS[0], cache=DETECTION_CACHE)
     rows = []
     for stem in args.models:
         model, meta = load_model(stem)

@@ -29,6 +29,10 @@ sys.path.insert(0, str(ROOT))
 from ferkit import data, faces, fidelity  # noqa: E402
 from ferkit.model import load_model, predict_probabilities  # noqa: E402
 
+#: Where the benchmarks keep detections (``fidelity.detect``'s cache): they depend on the frames and the
+#: detector, not on the model, so the next model or crop setting is scored without detecting again.
+DETECTION_CACHE = ROOT / "checkpoints" / "detections"
+
 
 def tune(model, meta, labels, direct, all_detections, training_images, lift_only=False) -> tuple:
     """Coordinate search over margin, offset, alignment and the low-contrast lift's percentile (of the
@@ -76,7 +80,8 @@ def main() -> None:
           f"({meta.architecture})", flush=True)
     direct = predict_probabilities(model, images)
     if args.tune or args.tune_lift:
-        detections = [fidelity.detect(images, condition, args.detector) for condition in fidelity.CONDITIONS]
+        detections = [fidelity.detect(images, condition, args.detector, cache=DETECTION_CACHE)
+                      for condition in fidelity.CONDITIONS]
         margin, offset, align, percentile = tune(model, meta, labels, direct, detections,
                                                  everything.split("Training").images, args.tune_lift)
         print(f"chosen: face_margin {margin}, face_offset {offset}, face_align {str(align).lower()}, "
@@ -87,7 +92,7 @@ def main() -> None:
           f"low-contrast lift {meta.face_low_contrast or 'off'}; old crop: margin {fidelity.OLD_CROP[0]}, "
           "offset 0, align off, no lift\n")
     print(fidelity.TABLE_HEADER)
-    for row in fidelity.table_rows(model, meta, images, labels, args.detector):
+    for row in fidelity.table_rows(model, meta, images, labels, args.detector, cache=DETECTION_CACHE):
         print(row, flush=True)
 
 

@@ -8,8 +8,7 @@ network classifies the split's own crops ("direct") and the crops the photo
 pipeline cuts from the split's faces placed into frames under the conditions of
 ``ferkit.fidelity`` with faces of 96 px or more ("pipeline": YuNet, both
 searches, the first model's crop settings; accuracy on the faces found, mean
-over the conditions). The frames are detected once and their crops kept in
-``--cache`` for the next run. Then the greedy rule the shipped average was
+over the conditions). Detections are kept in ``--cache`` for the next run. Then the greedy rule the shipped average was
 chosen by: start from nothing, add the network that raises the average's
 accuracy (``--by direct`` or ``pipeline``) most, stop when the best gain is
 under ``--min-gain`` images' worth or at ``--max`` networks. ``--only`` skips
@@ -30,35 +29,23 @@ sys.path.insert(0, str(ROOT))
 
 from ferkit import data, faces, fidelity  # noqa: E402
 from ferkit.model import load_model, networks_of, predict_probabilities  # noqa: E402
+from bench_pipeline import DETECTION_CACHE  # noqa: E402
 
 TARGET_CONDITIONS = [c for c in fidelity.CONDITIONS if c.size[0] >= 96]
 
 
-def pipeline_crops(images: np.ndarray, meta, cache: Path | None, key: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per target condition: (indices of the faces found, their crops (n, S, S) uint8); from ``cache`` if it
-    holds the same ``key`` (split, count, crop settings)."""
-    if cache is not None and cache.exists():
-        stored = np.load(cache, allow_pickle=False)
-        if str(stored["key"]) == key:
-            return [(stored[f"found{i}"], stored[f"crops{i}"]) for i in range(len(TARGET_CONDITIONS))]
-        print(f"# {cache} holds other frames ({stored['key']}); detecting again", file=sys.stderr)
+def pipeline_crops(images: np.ndarray, meta, cache: Path | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per target condition: (indices of the faces found, their crops (n, S, S) uint8, cut with ``meta``'s
+    crop settings); detections kept in ``cache`` (``fidelity.detect``)."""
     margin, offset, align, lift = fidelity.model_crop(meta)
     out = []
     for condition in TARGET_CONDITIONS:
-        detections = fidelity.detect(images, condition)
+        detections = fidelity.detect(images, condition, cache=cache)
         found = np.array([i for i, face in enumerate(detections.faces) if face is not None], np.int64)
         crops = np.stack([faces.crop_face(detections.gray_frames[i], detections.faces[i], meta.input_size,
                                           margin, offset, align, lift) for i in found])
         out.append((found, crops))
         print(f"# {condition.name}: {len(found)} of {len(images)} found", file=sys.stderr, flush=True)
-    if cache is not None:
-        arrays = {"key": np.array(key)}
-        for i, (found, crops) in enumerate(out):
-            arrays[f"found{i}"], arrays[f"crops{i}"] = found, crops
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(temporary, **arrays)
-        temporary.replace(cache)
     return out
 
 
@@ -80,8 +67,8 @@ def main() -> None:
                         help="stop when the best addition gains fewer images than this (default 4)")
     parser.add_argument("--max", type=int, default=6, help="at most this many networks (default 6)")
     parser.add_argument("--only", type=int, nargs="+", metavar="N", help="score these networks' average only")
-    parser.add_argument("--cache", type=Path, default=ROOT / "checkpoints" / "pipeline_crops",
-                        help="folder for the detected crops (default checkpoints/pipeline_crops)")
+    parser.add_argument("--cache", type=Path, default=DETECTION_CACHE,
+                        help="folder for the detections (default checkpoints/detections; git ignores it)")
     args = parser.parse_args()
 
     dataset = data.load_fer2013(data.dataset_path(args.data), progress=False).split(args.split)
@@ -94,8 +81,7 @@ def main() -> None:
             name = f"{stem} #{number}" if len(members) > 1 else stem
             networks.append((f"{name} ({record['architecture']})", network, meta))
     meta = networks[0][2]
-    key = f"{args.split} {len(images)} {fidelity.model_crop(meta)}"
-    crops = pipeline_crops(images, meta, args.cache / f"{args.split}_{len(images)}.npz", key)
+    crops = pipeline_crops(images, meta, args.cache)
 
     print(f"# {args.split}, {len(images)} faces; pipeline: mean over {len(TARGET_CONDITIONS)} conditions "
           f"(faces of 96 px or more), faces found\n")

@@ -12,6 +12,7 @@ the table; crop settings are chosen with it on PublicTest.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -135,18 +136,66 @@ class Detections:
 
 
 def detect(images: np.ndarray, condition: Condition, detector: str = "yunet", seed: int = 0,
-           min_score: float = face_module.MIN_FACE_SCORE, upscale_search: bool = True) -> Detections:
+           min_score: float = face_module.MIN_FACE_SCORE, upscale_search: bool = True,
+           cache: str | Path | None = None) -> Detections:
     """Place every image ((N, 48, 48) uint8) into a frame under ``condition`` and detect its face as
-    ``Predictor.predict`` does (``upscale_search`` as there: on for photos)."""
+    ``Predictor.predict`` does (``upscale_search`` as there: on for photos).
+
+    Detection is the slow part of a benchmark and does not depend on the model: with ``cache`` (a folder),
+    the matched faces are kept there under a name made of everything they depend on (the images, the
+    condition and settings, and the source of the detector and of this module), so another model, crop or
+    run reuses them; only the frames are made again.
+    """
     from ferkit.images import to_gray
 
+    stored = Path(cache) / f"{_detection_key(images, condition, detector, seed, min_score, upscale_search)}.npz" \
+        if cache is not None else None
+    known = _read_faces(stored) if stored is not None and stored.exists() else None
     frames, found = [], []
     for index, image in enumerate(images):
         frame, truth = make_frame(image, condition, np.random.default_rng((seed, index)))
         frames.append(to_gray(frame))
-        found.append(find_face(face_module.detect_faces(frame, detector, min_score,
-                                                        upscale_search=upscale_search), truth))
+        if known is None:
+            found.append(find_face(face_module.detect_faces(frame, detector, min_score,
+                                                            upscale_search=upscale_search), truth))
+    if known is not None:
+        found = known
+    elif stored is not None:
+        _write_faces(stored, found)
     return Detections(condition, frames, found)
+
+
+def _detection_key(images, condition, detector, seed, min_score, upscale_search) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    digest.update(repr((condition, detector, seed, min_score, upscale_search)).encode())
+    for module in (face_module.__file__, __file__):
+        digest.update(Path(module).read_bytes())
+    return f"{len(images)}-{digest.hexdigest()[:20]}"
+
+
+def _write_faces(path: Path, found: list) -> None:
+    from ferkit.files import atomic_path
+
+    boxes = np.array([face.box if face else (0, 0, 0, 0) for face in found], np.int64).reshape(-1, 4)
+    landmarks = np.full((len(found), 5, 2), np.nan, np.float32)
+    for i, face in enumerate(found):
+        if face is not None and face.landmarks is not None:
+            landmarks[i] = face.landmarks
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as out:
+            np.savez(out, found=np.array([face is not None for face in found]), boxes=boxes, landmarks=landmarks,
+                     scores=np.array([face.score if face else np.nan for face in found], np.float32))
+
+
+def _read_faces(path: Path) -> list:
+    with np.load(path) as stored:
+        return [face_module.Face(tuple(int(v) for v in box), float(score),
+                                 None if np.isnan(points).any() else points)
+                if found else None
+                for found, box, score, points in zip(stored["found"], stored["boxes"], stored["scores"],
+                                                     stored["landmarks"])]
 
 
 def classify_found(model, detections: Detections, size: int, margin: float, offset: float, align: bool,
@@ -203,14 +252,15 @@ TABLE_HEADER = ("| condition | faces found | accuracy, model's crop (95% CI) | o
 
 
 def table_rows(model, meta, images: np.ndarray, labels: np.ndarray, detector: str = "yunet",
-               conditions=CONDITIONS, forward=None):
+               conditions=CONDITIONS, forward=None, cache: str | Path | None = None):
     """One markdown row per condition (yielded as each finishes): found rate, accuracy with the model's crop
     settings, with :data:`OLD_CROP` and with the model's crop turned to level the eyes (alignment the other
-    way round where the model aligns), direct accuracy of the same faces, and the gap, with 95% intervals."""
+    way round where the model aligns), direct accuracy of the same faces, and the gap, with 95% intervals.
+    ``cache``: :func:`detect`'s."""
     direct = predict_probabilities(model, images, forward=forward)
     settings = model_crop(meta)
     for condition in conditions:
-        found = detect(images, condition, detector)
+        found = detect(images, condition, detector, cache=cache)
         flipped = (*settings[:2], not settings[2], settings[3])
         new, old, other = (score(labels, direct, classify_found(model, found, meta.input_size, *crop,
                                                                 forward=forward))

@@ -24,6 +24,33 @@ def test_frames_are_reproducible_and_hold_the_face_where_they_say():
     np.testing.assert_array_equal(placed, cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC))
 
 
+def test_cached_detections_are_the_detections_and_are_not_reused_for_other_frames(tmp_path, monkeypatch):
+    import cv2
+    from ferkit.images import sample_image
+
+    astronaut = sample_image()  # RGB; its face, cut square and shrunk as FER-2013 frames a face
+    (x, y, w, h) = faces.detect_faces(astronaut[:, :, ::-1])[0].box
+    face = cv2.resize(cv2.cvtColor(astronaut[y:y + h, x:x + w], cv2.COLOR_RGB2GRAY), (48, 48))
+    images = np.stack([face, face[:, ::-1], np.full((48, 48), 128, np.uint8)])
+    condition = fidelity.CONDITIONS[0]
+    fresh = fidelity.detect(images, condition)
+    assert [f is not None for f in fresh.faces] == [True, True, False]
+    first = fidelity.detect(images, condition, cache=tmp_path)
+    calls = []
+    monkeypatch.setattr(faces, "detect_faces", lambda *a, **k: calls.append(1) or [])
+    again = fidelity.detect(images, condition, cache=tmp_path)
+    assert not calls  # read back, not detected
+    for run in (first, again):
+        assert [f and f.box for f in run.faces] == [f and f.box for f in fresh.faces]
+        assert [f and f.score for f in run.faces] == pytest.approx([f and f.score for f in fresh.faces])
+        np.testing.assert_allclose(run.faces[0].landmarks, fresh.faces[0].landmarks, rtol=1e-6)
+        np.testing.assert_array_equal(run.gray_frames[1], fresh.gray_frames[1])
+    fidelity.detect(images[:2], condition, cache=tmp_path)  # other images
+    fidelity.detect(images, fidelity.CONDITIONS[5], cache=tmp_path)  # another condition
+    fidelity.detect(images, condition, seed=1, cache=tmp_path)  # other frames
+    assert len(calls) == 2 + 3 + 3 and len(list(tmp_path.glob("*.npz"))) == 4
+
+
 def test_find_face_takes_the_placed_face_only():
     truth = (320.0, 240.0, 192)
     right = faces.Face((230, 150, 180, 190), 0.9)
