@@ -28,9 +28,9 @@ def test_cached_detections_are_the_detections_and_are_not_reused_for_other_frame
     import cv2
     from ferkit.images import sample_image
 
-    astronaut = sample_image()  # RGB; its face, cut square and shrunk as FER-2013 frames a face
-    (x, y, w, h) = faces.detect_faces(astronaut[:, :, ::-1])[0].box
-    face = cv2.resize(cv2.cvtColor(astronaut[y:y + h, x:x + w], cv2.COLOR_RGB2GRAY), (48, 48))
+    astronaut = sample_image()  # its face, cut square and shrunk as FER-2013 frames a face
+    (x, y, w, h) = faces.detect_faces(astronaut)[0].box
+    face = cv2.resize(cv2.cvtColor(astronaut[y:y + h, x:x + w], cv2.COLOR_BGR2GRAY), (48, 48))
     images = np.stack([face, face[:, ::-1], np.full((48, 48), 128, np.uint8)])
     condition = fidelity.CONDITIONS[0]
     fresh = fidelity.detect(images, condition)
