@@ -73,13 +73,15 @@ def main() -> None:
 
     dataset = data.load_fer2013(data.dataset_path(args.data), progress=False).split(args.split)
     images, labels = dataset.images[:args.limit], dataset.labels[:args.limit]
-    networks = []
+    networks, first = [], []  # first: the networks of the first model given
     for stem in args.models:
         model, meta = load_model(stem)
         members = networks_of(model, meta, stem)
         for number, (network, record) in enumerate(members, start=1):
             name = f"{stem} #{number}" if len(members) > 1 else stem
             networks.append((f"{name} ({record['architecture']})", network, meta))
+            if stem == args.models[0]:
+                first.append(len(networks) - 1)
     meta = networks[0][2]
     crops = pipeline_crops(images, meta, args.cache)
 
@@ -101,10 +103,14 @@ def main() -> None:
         pipeline = [np.mean([outputs[i][1][c] for i in chosen], axis=0) for c in range(len(crops))]
         return accuracies(direct, pipeline, labels, crops)
 
+    def row(label: str, chosen: list[int]) -> str:
+        d, p, per = of_average(chosen)
+        return (f"| | {label} | {100 * d:.2f}% | {100 * p:.2f}% | " + " | ".join(f"{100 * a:.2f}" for a in per)
+                + " |")
+
+    print(row(f"{args.models[0]} as given (average of networks {' '.join(str(i + 1) for i in first)})", first))
     if args.only:
-        d, p, per = of_average([n - 1 for n in args.only])
-        print(f"\naverage of {args.only}: direct {100 * d:.2f}%, pipeline {100 * p:.2f}% ("
-              + ", ".join(f"{100 * a:.2f}" for a in per) + ")")
+        print(row(f"average of networks {' '.join(map(str, args.only))}", [n - 1 for n in args.only]))
         return
     print(f"\ngreedy by {args.by} accuracy; stop under {args.min_gain:g} images' gain or at {args.max}:")
     chosen, best = [], 0.0
@@ -118,9 +124,9 @@ def main() -> None:
             break
         chosen.append(pick)
         best = trials[pick][criterion]
-        print(f"  + network {pick + 1}: direct {100 * trials[pick][0]:.2f}%, pipeline {100 * trials[pick][1]:.2f}% "
-              f"({gain_images:+.1f} images)")
-    print(f"chosen: {' '.join(str(i + 1) for i in chosen)}")
+        print(f"  + network {pick + 1}: direct {100 * trials[pick][0]:.2f}%, pipeline {100 * trials[pick][1]:.2f}%"
+              + (f" ({gain_images:+.1f} images)" if len(chosen) > 1 else ""))
+    print("\n" + row(f"chosen: average of networks {' '.join(str(i + 1) for i in chosen)}", chosen))
 
 
 if __name__ == "__main__":
