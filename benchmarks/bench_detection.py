@@ -2,7 +2,7 @@
 
     python benchmarks/bench_detection.py [--split PublicTest] [--limit 300]
     python benchmarks/bench_detection.py --discounts 0 0.1 0.15 0.2 0.25 --no-landmarks  # choosing the discount
-    python benchmarks/bench_detection.py --crop-geometry  # the crops' scale and offset, against training's jitter
+    python benchmarks/bench_detection.py --crop-geometry --limit 3589  # the crops' scale and offset
 
 Faces are placed into frames as ``ferkit.fidelity`` does. Recall table, per
 condition with faces of 96 px or more: the share of faces found by one search
@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ferkit import data, faces, fidelity  # noqa: E402
+from bench_pipeline import DETECTION_CACHE  # noqa: E402
 
 THRESHOLDS = (0.6, 0.5, 0.4, 0.3)
 
@@ -121,9 +122,9 @@ def crop_geometry(images: np.ndarray, split: str) -> None:
     print("| condition | faces found | magnification | offset x / side | offset y / side |\n|---|---|---|---|---|")
     for condition in fidelity.CONDITIONS:
         rows = []
-        for index, image in enumerate(images):
-            frame, (cx, cy, side) = fidelity.make_frame(image, condition, np.random.default_rng((0, index)))
-            face = fidelity.find_face(faces.detect_faces(frame), (cx, cy, side))
+        found = fidelity.detect(images, condition, cache=DETECTION_CACHE).faces  # as Predictor.predict finds them
+        for index, (image, face) in enumerate(zip(images, found)):
+            _, (cx, cy, side) = fidelity.make_frame(image, condition, np.random.default_rng((0, index)))
             if face is not None:
                 crop_side = max(face.box[2], face.box[3]) * (1 + 2 * margin)  # as faces.crop_face cuts it
                 rows.append((side / crop_side, (face.center[0] - cx) / side, (face.center[1] - cy) / side))
