@@ -13,7 +13,7 @@ chosen by: start from nothing, add the network that raises the average's
 accuracy (``--by direct`` or ``pipeline``) most, stop when the best gain is
 under ``--min-gain`` images' worth or at ``--max`` networks. ``--only`` skips
 the search and scores the networks numbered so (1-based, in the listing), as
-one average. Choose on PublicTest; report PrivateTest once.
+one average (given several times: several averages). Choose on PublicTest; report PrivateTest once.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def main() -> None:
     parser.add_argument("--min-gain", type=float, default=4, metavar="IMAGES",
                         help="stop when the best addition gains fewer images than this (default 4)")
     parser.add_argument("--max", type=int, default=6, help="at most this many networks (default 6)")
-    parser.add_argument("--only", type=int, nargs="+", metavar="N", help="score these networks' average only")
+    parser.add_argument("--only", type=int, nargs="+", action="append", metavar="N",
+                        help="score these networks' average instead of choosing; may be given several times")
     parser.add_argument("--cache", type=Path, default=DETECTION_CACHE,
                         help="folder for the detections (default checkpoints/detections; git ignores it)")
     args = parser.parse_args()
@@ -110,7 +111,8 @@ def main() -> None:
 
     print(row(f"{args.models[0]} as given (average of networks {' '.join(str(i + 1) for i in first)})", first))
     if args.only:
-        print(row(f"average of networks {' '.join(map(str, args.only))}", [n - 1 for n in args.only]))
+        for numbers in args.only:
+            print(row(f"average of networks {' '.join(map(str, numbers))}", [n - 1 for n in numbers]))
         return
     print(f"\ngreedy by {args.by} accuracy; stop under {args.min_gain:g} images' gain or at {args.max}:")
     chosen, best = [], 0.0
