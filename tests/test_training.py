@@ -671,13 +671,16 @@ def test_train_and_evaluate_commands(cartoon, tmp_path, capsys):
     argv = ["train", str(dataset), "--architecture", "vgg_small", "--epochs", "1", "--batch-size", "16",
             "--precision", "float32", "--out", str(tmp_path / "m" / "fer"), "--checkpoint-dir", str(tmp_path / "ck"),
             "--no-progress", "--rotation", "7", "--zoom", "0.05", "--shift", "0.02", "--erase-probability", "0",
-            "--weight-decay", "1e-4", "--label-smoothing", "0", "--learning-rate", "0.01", "--warmup-epochs", "0"]
+            "--weight-decay", "1e-4", "--label-smoothing", "0", "--learning-rate", "0.01", "--warmup-epochs", "0",
+            "--blur-probability", "0.2", "--jpeg-probability", "0.1"]
     assert main(argv) == 0
     meta = json.loads((tmp_path / "m" / "fer.meta.json").read_text())
     # Every training option on the command line reaches the configuration that was trained and recorded.
     config = meta["training"]["config"]
-    augmentation = {key: config["augmentation"][key] for key in ("rotation_degrees", "zoom", "shift", "erase_probability")}
-    assert augmentation == {"rotation_degrees": 7.0, "zoom": 0.05, "shift": 0.02, "erase_probability": 0.0}
+    augmentation = {key: config["augmentation"][key] for key in ("rotation_degrees", "zoom", "shift", "erase_probability",
+                                                                 "blur_probability", "jpeg_probability")}
+    assert augmentation == {"rotation_degrees": 7.0, "zoom": 0.05, "shift": 0.02, "erase_probability": 0.0,
+                            "blur_probability": 0.2, "jpeg_probability": 0.1}
     assert (config["weight_decay"], config["label_smoothing"], config["learning_rate"], config["warmup_epochs"]) == (
         1e-4, 0.0, 0.01, 0)
     assert meta["training"]["command"].startswith("python -m ferkit train ") and "--epochs 1" in meta["training"]["command"]
@@ -695,7 +698,7 @@ def test_train_and_evaluate_commands(cartoon, tmp_path, capsys):
                                     average_last=1, average_learning_rate=0.003)
     expected = expected.second_stage(tmp_path / "m" / "fer")
     expected.augmentation.zoom = 0.07
-    assert recorded["config"] == asdict(expected)
+    assert recorded["config"] == json.loads(json.dumps(asdict(expected)))  # as JSON records it: tuples as lists
     assert recorded["init_weights_training"]["command"] == meta["training"]["command"]
 
     assert main(["evaluate", str(dataset), "--model", str(tmp_path / "m" / "fer"), "--results", str(tmp_path / "r"),
