@@ -122,12 +122,11 @@ def crop_geometry(images: np.ndarray, split: str) -> None:
     print("| condition | faces found | magnification | offset x / side | offset y / side |\n|---|---|---|---|---|")
     for condition in fidelity.CONDITIONS:
         rows = []
-        found = fidelity.detect(images, condition, cache=DETECTION_CACHE).faces  # as Predictor.predict finds them
-        for index, (image, face) in enumerate(zip(images, found)):
-            _, (cx, cy, side) = fidelity.make_frame(image, condition, np.random.default_rng((0, index)))
+        detections = fidelity.detect(images, condition, cache=DETECTION_CACHE)  # as Predictor.predict finds them
+        for face, (cx, cy, side) in zip(detections.faces, detections.truths):
             if face is not None:
-                crop_side = max(face.box[2], face.box[3]) * (1 + 2 * margin)  # as faces.crop_face cuts it
-                rows.append((side / crop_side, (face.center[0] - cx) / side, (face.center[1] - cy) / side))
+                rows.append((side / faces.crop_side(face, margin), (face.center[0] - cx) / side,
+                             (face.center[1] - cy) / side))
         spread = lambda values: " / ".join(f"{v:.2f}" for v in np.percentile(values, [5, 50, 95]))
         columns = np.array(rows).T if rows else np.full((3, 1), np.nan)
         print(f"| {condition.name} | {len(rows)} | " + " | ".join(spread(c) for c in columns) + " |", flush=True)

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ferkit import data, faces, fidelity  # noqa: E402
+from ferkit import data, fidelity  # noqa: E402
 from ferkit.model import load_model, networks_of, predict_probabilities  # noqa: E402
 from bench_pipeline import DETECTION_CACHE  # noqa: E402
 
@@ -37,13 +37,10 @@ TARGET_CONDITIONS = [c for c in fidelity.CONDITIONS if c.size[0] >= 96]
 def pipeline_crops(images: np.ndarray, meta, cache: Path | None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per target condition: (indices of the faces found, their crops (n, S, S) uint8, cut with ``meta``'s
     crop settings); detections kept in ``cache`` (``fidelity.detect``)."""
-    margin, offset, align, lift = fidelity.model_crop(meta)
     out = []
     for condition in TARGET_CONDITIONS:
-        detections = fidelity.detect(images, condition, cache=cache)
-        found = np.array([i for i, face in enumerate(detections.faces) if face is not None], np.int64)
-        crops = np.stack([faces.crop_face(detections.gray_frames[i], detections.faces[i], meta.input_size,
-                                          margin, offset, align, lift) for i in found])
+        found, crops = fidelity.crop_found(fidelity.detect(images, condition, cache=cache), meta.input_size,
+                                           *fidelity.model_crop(meta))
         out.append((found, crops))
         print(f"# {condition.name}: {len(found)} of {len(images)} found", file=sys.stderr, flush=True)
     return out
@@ -91,23 +88,21 @@ def main() -> None:
     print("| | network | direct | pipeline | " + " | ".join(c.name for c in TARGET_CONDITIONS) + " |")
     print("|---|---|---|---|" + "---|" * len(TARGET_CONDITIONS))
     outputs = []
-    for number, (name, network, _) in enumerate(networks, start=1):
-        direct = predict_probabilities(network, images)
-        pipeline = [predict_probabilities(network, c) for _, c in crops]
-        outputs.append((direct, pipeline))
-        d, p, per = accuracies(direct, pipeline, labels, crops)
-        print(f"| {number} | {name} | {100 * d:.2f}% | {100 * p:.2f}% | "
-              + " | ".join(f"{100 * a:.2f}" for a in per) + " |", flush=True)
 
     def of_average(chosen: list[int]) -> tuple[float, float, list[float]]:
         direct = np.mean([outputs[i][0] for i in chosen], axis=0)
         pipeline = [np.mean([outputs[i][1][c] for i in chosen], axis=0) for c in range(len(crops))]
         return accuracies(direct, pipeline, labels, crops)
 
-    def row(label: str, chosen: list[int]) -> str:
+    def row(label: str, chosen: list[int], number: str = "") -> str:
         d, p, per = of_average(chosen)
-        return (f"| | {label} | {100 * d:.2f}% | {100 * p:.2f}% | " + " | ".join(f"{100 * a:.2f}" for a in per)
-                + " |")
+        return (f"| {number} | {label} | {100 * d:.2f}% | {100 * p:.2f}% | "
+                + " | ".join(f"{100 * a:.2f}" for a in per) + " |")
+
+    for number, (name, network, _) in enumerate(networks, start=1):
+        outputs.append((predict_probabilities(network, images),
+                        [predict_probabilities(network, c) for _, c in crops]))
+        print(row(name, [number - 1], str(number)), flush=True)
 
     print(row(f"{args.models[0]} as given (average of networks {' '.join(str(i + 1) for i in first)})", first))
     if args.only:

@@ -260,6 +260,11 @@ def lift_low_contrast(crop: np.ndarray, below_std: float, mean: float, std: floa
     return np.clip(np.rint(stretched), 0, 255).astype(np.uint8)
 
 
+def crop_side(face: Face, margin: float) -> float:
+    """The side, in image pixels, of the square :func:`crop_face` cuts for ``face`` with ``margin``."""
+    return max(face.box[2], face.box[3]) * (1 + 2 * margin)
+
+
 def crop_face(gray: np.ndarray, face: Face, size: int, margin: float, offset: float = 0.0,
               align: bool = False, low_contrast: dict | None = None) -> np.ndarray:
     """Cut a face out of a grayscale image the way FER-2013's images are framed.
@@ -276,7 +281,7 @@ def crop_face(gray: np.ndarray, face: Face, size: int, margin: float, offset: fl
     import cv2
 
     cx, cy = face.center
-    side = max(face.box[2], face.box[3]) * (1 + 2 * margin)
+    side = crop_side(face, margin)
     angle = eye_angle(face) if align else 0.0
     if angle:
         n = max(1, int(round(side)))

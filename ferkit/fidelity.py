@@ -128,11 +128,13 @@ def find_face(found: list, truth) -> face_module.Face | None:
 
 @dataclass
 class Detections:
-    """One condition's frames, run through a detector: the matched face per image (None where missed)."""
+    """One condition's frames, run through a detector: the matched face per image (None where missed), and
+    where each face was placed ((cx, cy, side), :func:`make_frame`'s)."""
 
     condition: Condition
     gray_frames: list
     faces: list
+    truths: list
 
 
 def detect(images: np.ndarray, condition: Condition, detector: str = "yunet", seed: int = 0,
@@ -151,10 +153,11 @@ def detect(images: np.ndarray, condition: Condition, detector: str = "yunet", se
     stored = Path(cache) / f"{_detection_key(images, condition, detector, seed, min_score, upscale_search)}.npz" \
         if cache is not None else None
     known = _read_faces(stored) if stored is not None and stored.exists() else None
-    frames, found = [], []
+    frames, found, truths = [], [], []
     for index, image in enumerate(images):
         frame, truth = make_frame(image, condition, np.random.default_rng((seed, index)))
         frames.append(to_gray(frame))
+        truths.append(truth)
         if known is None:
             found.append(find_face(face_module.detect_faces(frame, detector, min_score,
                                                             upscale_search=upscale_search), truth))
@@ -162,7 +165,7 @@ def detect(images: np.ndarray, condition: Condition, detector: str = "yunet", se
         found = known
     elif stored is not None:
         _write_faces(stored, found)
-    return Detections(condition, frames, found)
+    return Detections(condition, frames, found, truths)
 
 
 def _detection_key(images, condition, detector, seed, min_score, upscale_search) -> str:
@@ -198,16 +201,24 @@ def _read_faces(path: Path) -> list:
                                                      stored["landmarks"])]
 
 
+def crop_found(detections: Detections, size: int, margin: float, offset: float, align: bool,
+               low_contrast: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of the found faces (n,) int64 and their crops (n, size, size) uint8, cut with these
+    settings (``crop_face``'s)."""
+    found = np.array([i for i, face in enumerate(detections.faces) if face is not None], np.int64)
+    crops = np.stack([face_module.crop_face(detections.gray_frames[i], detections.faces[i], size, margin, offset,
+                                            align, low_contrast) for i in found]) \
+        if len(found) else np.zeros((0, size, size), np.uint8)
+    return found, crops
+
+
 def classify_found(model, detections: Detections, size: int, margin: float, offset: float, align: bool,
                    low_contrast: dict | None = None, forward=None) -> np.ndarray:
     """Probabilities (N, classes) of each found face cropped with these settings (``crop_face``'s); NaN rows
     where none was found."""
-    found = [i for i, face in enumerate(detections.faces) if face is not None]
-    crops = np.stack([face_module.crop_face(detections.gray_frames[i], detections.faces[i], size, margin, offset,
-                                            align, low_contrast) for i in found]) \
-        if found else np.zeros((0, size, size), np.uint8)
+    found, crops = crop_found(detections, size, margin, offset, align, low_contrast)
     probabilities = predict_probabilities(model, crops, forward=forward)
-    out = np.full((len(detections.faces), probabilities.shape[1] if found else 1), np.nan, np.float32)
+    out = np.full((len(detections.faces), probabilities.shape[1] if len(found) else 1), np.nan, np.float32)
     out[found] = probabilities
     return out
 

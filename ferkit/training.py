@@ -596,14 +596,11 @@ def load_initial_weights(model, path: str | Path, member: int | None = None) -> 
 
     source, meta = load_model(path)
     ours = [tuple(w.shape) for w in model.weights]
-    is_average = meta.architecture.startswith("average(")
-    if member is not None:
-        count = len(networks_of(source, meta, path))
-        if not 1 <= member <= count:
-            raise ValueError(f"{path}: member {member} does not exist; it holds {count} network"
-                             f"{'s' if count != 1 else ''} (members 1-{count})")
-    if is_average:
-        members = networks_of(source, meta, path)
+    members = networks_of(source, meta, path)
+    if member is not None and not 1 <= member <= len(members):
+        raise ValueError(f"{path}: member {member} does not exist; it holds {len(members)} network"
+                         f"{'s' if len(members) != 1 else ''} (members 1-{len(members)})")
+    if meta.architecture.startswith("average("):
         fitting = [(network, record) for index, (network, record) in enumerate(members, start=1)
                    if [tuple(w.shape) for w in network.weights] == ours and member in (None, index)]
         if not fitting:
