@@ -283,7 +283,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_ensemble(args) -> None:
-    from ferkit import evaluation, model as model_module, training
+    from ferkit import evaluation, model as model_module
 
     averaged, meta = model_module.average_models(args.models)
     meta.training["command"] = "python -m ferkit " + shlex.join(args.argv)
@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reading_options(info)
     info.set_defaults(func=cmd_info)
 
-    from ferkit.model import ARCHITECTURES, DEFAULT_ARCHITECTURE
+    from ferkit.model import DEFAULT_ARCHITECTURE
     from ferkit.training import DEFAULT_CHECKPOINT_DIR, TrainConfig
 
     defaults = TrainConfig()

@@ -299,7 +299,6 @@ def save_model(model, path: str | Path, meta: ModelMeta) -> dict[str, Path]:
     (:func:`ferkit.portable.portable_config`), so the files load on older
     Keras too. Each file is written to a temporary name and renamed into place.
     """
-    keras = _keras()
     base = _stem(path)
     if model.dtype_policy.name != "float32" or _has_training_only_layers(model):
         model = float32_copy(model, meta.architecture or model.name, len(meta.class_names), meta.input_size)

@@ -14,12 +14,16 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ferkit import faces as face_module
 from ferkit.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageError, load_image, to_gray
 from ferkit.model import load_model, predict_probabilities, traced_forward
+
+if TYPE_CHECKING:  # only named in annotations: pandas is imported where a table is made
+    import pandas
 
 #: Longest video ``predict_video`` reads by default: one hour at 30 frames per second.
 MAX_VIDEO_FRAMES = 30 * 3600

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ferkit.data import IMAGE_SIZE, FerDataset
+from ferkit.data import FerDataset
 from ferkit.model import (DEFAULT_ARCHITECTURE, ModelMeta, build_model, predict_probabilities, save_model,
                           to_model_input, with_fused_batchnorm)
 

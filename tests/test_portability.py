@@ -9,7 +9,6 @@ their Python executables in ``$FERKIT_COMPAT_PYTHONS`` (separated by
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
