@@ -11,6 +11,7 @@ the table; crop settings are chosen with it on PublicTest.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,13 +116,21 @@ def faceless_photos(names=FACELESS_PHOTOS, longest_sides=(320, 640, 1280)):
 
 
 def find_face(found: list, truth) -> face_module.Face | None:
-    """The detection that is the placed face: its centre within 0.3 of the face's side, its size 0.5-1.6 of it."""
+    """The detection that is the placed face: its centre within 0.3 of the face's side, its size 0.35-2.5 of it.
+
+    A box centred that near lies on the pasted picture, the only face in the frame (the nearest other
+    detection measured on PublicTest frames was 0.31 of the side away). Its size varies widely for good
+    reason: many FER-2013 pictures are close-ups cut off at brow and chin, where the detector boxes the whole
+    head it infers, up to 2.4 times the picture; a few show a small face with hands or hair around it, boxed
+    down to 0.36 of it. A tighter range (0.5-1.6, before) counted about one face in a hundred as missed
+    that the detector had found.
+    """
     cx, cy, side = truth
     best, best_distance = None, 0.3 * side
     for face in found:
         fx, fy = face.center
         distance = float(np.hypot(fx - cx, fy - cy))
-        if distance <= best_distance and 0.5 * side <= max(face.box[2], face.box[3]) <= 1.6 * side:
+        if distance <= best_distance and 0.35 * side <= max(face.box[2], face.box[3]) <= 2.5 * side:
             best, best_distance = face, distance
     return best
 
@@ -145,8 +154,8 @@ def detect(images: np.ndarray, condition: Condition, detector: str = "yunet", se
 
     Detection is the slow part of a benchmark and does not depend on the model: with ``cache`` (a folder),
     the matched faces are kept there under a name made of everything they depend on (the images, the
-    condition and settings, and the source of the detector and of this module), so another model, crop or
-    run reuses them; only the frames are made again.
+    condition and settings, the detector's source and the code that makes and matches the frames), so
+    another model, crop or run reuses them; only the frames are made again.
     """
     from ferkit.images import to_gray
 
@@ -172,9 +181,12 @@ def _detection_key(images, condition, detector, seed, min_score, upscale_search)
     import hashlib
 
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
-    digest.update(repr((condition, detector, seed, min_score, upscale_search)).encode())
-    for module in (face_module.__file__, __file__):
-        digest.update(Path(module).read_bytes())
+    digest.update(repr((condition, detector, seed, min_score, upscale_search, FRAME_SIZE)).encode())
+    # The detector's module and the code that makes and matches the frames: an edit to the scoring or the
+    # tables here leaves the detections valid.
+    digest.update(Path(face_module.__file__).read_bytes())
+    for function in (make_frame, _dim, find_face):
+        digest.update(inspect.getsource(function).encode())
     return f"{len(images)}-{digest.hexdigest()[:20]}"
 
 

@@ -58,6 +58,11 @@ def test_find_face_takes_the_placed_face_only():
     too_small = faces.Face((300, 220, 40, 40), 0.99)
     assert fidelity.find_face([elsewhere, right, too_small], truth) is right
     assert fidelity.find_face([elsewhere, too_small], truth) is None
+    # A close-up's whole head, boxed beyond the picture, is still the placed face; a box off its centre is not.
+    whole_head = faces.Face((320 - 200, 240 - 210, 400, 420), 0.9)
+    beside = faces.Face((320 - 200 + 70, 240 - 210, 400, 420), 0.9)
+    assert fidelity.find_face([elsewhere, whole_head], truth) is whole_head
+    assert fidelity.find_face([elsewhere, beside], truth) is None
 
 
 def test_score_compares_the_same_faces_and_leaves_out_the_missed():
