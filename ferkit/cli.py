@@ -282,21 +282,44 @@ def cmd_evaluate(args) -> None:
     print("wrote " + ", ".join(str(p) for p in files.values()))
 
 
-def cmd_ensemble(args) -> None:
+def _print_public_test_accuracy(args, meta, networks: list) -> None:
+    """Print each ``(label, keras_model)``'s PublicTest accuracy on ``args.data``, if given."""
     from ferkit import evaluation, model as model_module
+
+    if not args.data:
+        return
+    public = evaluation.align_to_model(data.load_fer2013(args.data, progress=not args.no_progress), meta)
+    public = public.split("PublicTest")
+    for label, network in networks:
+        accuracy = (model_module.predict_probabilities(network, public.images).argmax(1) == public.labels).mean()
+        print(f"{label}: PublicTest accuracy {accuracy:.4f}")
+
+
+def cmd_ensemble(args) -> None:
+    from ferkit import model as model_module
 
     averaged, meta = model_module.average_models(args.models)
     meta.training["command"] = "python -m ferkit " + shlex.join(args.argv)
-    if args.data:
-        public = evaluation.align_to_model(data.load_fer2013(args.data, progress=not args.no_progress), meta)
-        public = public.split("PublicTest")
-        members = model_module.networks_of(averaged, meta, args.out)
-        for member, record in members:
-            accuracy = (model_module.predict_probabilities(member, public.images).argmax(1) == public.labels).mean()
-            print(f"{record['model']} ({record['architecture']}): PublicTest accuracy {accuracy:.4f}")
-        accuracy = (model_module.predict_probabilities(averaged, public.images).argmax(1) == public.labels).mean()
-        print(f"average of {len(members)}: PublicTest accuracy {accuracy:.4f}")
+    members = model_module.networks_of(averaged, meta, args.out)
+    _print_public_test_accuracy(args, meta, [(f"{record['model']} ({record['architecture']})", member)
+                                             for member, record in members]
+                                + [(f"average of {len(members)}", averaged)])
     files = model_module.save_model(averaged, args.out, meta)
+    print("saved " + ", ".join(str(p) for p in files.values()))
+
+
+def cmd_interpolate(args) -> None:
+    from ferkit import model as model_module, training
+
+    blend, meta = training.interpolate_weights(args.finetuned, args.start, args.alpha, args.member)
+    meta.training["command"] = "python -m ferkit " + shlex.join(args.argv)
+    if args.data:
+        start = training.interpolate_weights(args.finetuned, args.start, 0.0, args.member)[0]  # the network blended
+        _print_public_test_accuracy(args, meta, [
+            (f"start, {args.start}" + (f" member {args.member}" if args.member else ""), start),
+            (f"fine-tuned, {args.finetuned}", model_module.load_model(args.finetuned)[0]),
+            (f"blend, alpha {args.alpha:g}", blend)])
+    files = model_module.save_model(blend, args.out, meta)
     print("saved " + ", ".join(str(p) for p in files.values()))
 
 
@@ -505,6 +528,30 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--no-progress", action="store_true", help="no progress bar")
     ensemble.set_defaults(func=cmd_ensemble)
 
+    interpolate = commands.add_parser(
+        "interpolate", help="blend a fine-tuned network's weights with those of the network it started from",
+        description="Write the network whose weights lie ALPHA of the way from START's to FINETUNED's "
+                    "(WiSE-FT). A network fine-tuned for photos (README, \"Training for the pipeline\") "
+                    "often loses a little on FER-2013's own crops; a blend can keep the gain and the "
+                    "accuracy. Only for a network and one fine-tuned from it. Choose ALPHA on PublicTest "
+                    "(--data, or benchmarks/choose_members.py for the photo pipeline).",
+        epilog="example:\n  python -m ferkit interpolate checkpoints/pipe1/fer fer --member 1 --alpha 0.5 "
+               "--out checkpoints/blend1/fer --data data/fer2013.zip",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    interpolate.add_argument("finetuned", metavar="FINETUNED", help="the fine-tuned network (stem or .json/.h5)")
+    interpolate.add_argument("start", metavar="START", help="the network it was fine-tuned from, or an average "
+                                                            "holding it (see --member)")
+    interpolate.add_argument("--member", type=int, metavar="N",
+                             help="START is an average: blend with its network N (counted from 1; default the "
+                                  "first of FINETUNED's architecture)")
+    interpolate.add_argument("--alpha", type=float, default=0.5,
+                             help="0 gives START, 1 FINETUNED (default 0.5)")
+    interpolate.add_argument("--out", required=True, help="model files stem: OUT.json, OUT.h5, ...")
+    interpolate.add_argument("--data", metavar="DATASET",
+                             help="FER-2013: also print START's, FINETUNED's and the blend's PublicTest accuracy")
+    interpolate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    interpolate.set_defaults(func=cmd_interpolate)
+
     export = commands.add_parser(
         "export", help="write a model as ONNX (MODEL.onnx beside MODEL.meta.json) for browsers and other runtimes",
         description="Translate a saved model's layers into one ONNX graph (BatchNorm folded into the layer before "
@@ -590,7 +637,8 @@ def _plain_warnings() -> None:
     warnings.showwarning = show
 
 
-_TENSORFLOW_COMMANDS = ("train", "evaluate", "ensemble", "predict", "demo", "export", "serve", "export-web")
+_TENSORFLOW_COMMANDS = ("train", "distill", "evaluate", "ensemble", "interpolate", "predict", "demo", "export", "serve",
+                       "export-web")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -622,6 +622,45 @@ def load_initial_weights(model, path: str | Path, member: int | None = None) -> 
     return meta
 
 
+def interpolate_weights(finetuned: str | Path, start: str | Path, alpha: float, member: int | None = None):
+    """The network ``alpha`` of the way from ``start``'s weights to ``finetuned``'s: (1 - alpha) x start + alpha x finetuned.
+
+    Fine-tuning a network for other inputs (such as the pipeline stage of
+    README, "Accuracy on your photos") trades some of what it did well for
+    what it learns; a network between the two often keeps both (WiSE-FT:
+    Wortsman et al., "Robust fine-tuning of zero-shot models", 2022). The
+    blend only works between a network and one fine-tuned from it, which lie
+    in the same basin of the loss; two independently trained networks blend
+    into a useless one. ``start`` may be an average: ``member`` picks its
+    network (counted from 1), as ``--member`` does for training. Every
+    floating-point weight is blended, batch-normalisation statistics included.
+    Returns ``(model, meta)``: ``finetuned``'s architecture and settings, its
+    ``training`` record holding both networks' records and ``alpha``.
+    """
+    import keras
+
+    from ferkit.model import load_model
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha {alpha}: must be between 0 (the start network) and 1 (the fine-tuned one)")
+    tuned, meta = load_model(finetuned)
+    if (meta.architecture or "").startswith("average("):
+        raise ValueError(f"{finetuned}: an average of {len(meta.training['members'])} networks; blend one "
+                         "fine-tuned network at a time, then average the blends with `python -m ferkit ensemble`")
+    blend = keras.models.model_from_json(tuned.to_json())
+    try:
+        start_meta = load_initial_weights(blend, start, member)
+    except ValueError as error:
+        raise ValueError(f"{start} cannot be blended with {finetuned} (a {meta.architecture or tuned.name}); "
+                         f"give the network it was fine-tuned from: {error}") from None
+    blend.set_weights([(1 - alpha) * ours + alpha * theirs if np.issubdtype(theirs.dtype, np.floating) else theirs
+                       for ours, theirs in zip(blend.get_weights(), tuned.get_weights())])
+    training = {"interpolation": {"start": str(start), "member": member, "finetuned": str(finetuned),
+                                  "alpha": alpha},
+                "start_training": start_meta.training, "finetuned_training": meta.training}
+    return blend, replace(meta, training=training)
+
+
 def _hardware() -> str:
     import keras
 

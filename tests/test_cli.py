@@ -57,7 +57,7 @@ def test_unknown_output_format(cartoon, tmp_path):
         main(["convert", str(source), str(tmp_path / "out.parquet")])
 
 
-@pytest.mark.parametrize("command", [[], ["convert"], ["info"], ["train"], ["evaluate"], ["ensemble"], ["predict"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["convert"], ["info"], ["train"], ["evaluate"], ["ensemble"], ["interpolate"], ["distill"], ["predict"], ["demo"]])
 def test_every_command_has_help(command):
     result = subprocess.run([sys.executable, "-m", "ferkit", *command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: python -m ferkit" in result.stdout

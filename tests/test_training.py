@@ -423,6 +423,43 @@ def test_member_picks_that_network_of_an_average(tmp_path):
         training.load_initial_weights(build_model("vgg_small"), tmp_path / "n1", 2)
 
 
+def test_interpolate_blends_a_fine_tuned_network_with_the_member_it_started_from(cartoon, tmp_path, capsys):
+    from ferkit import data
+    from ferkit.cli import main
+    from ferkit.model import average_models
+
+    keras.utils.set_random_seed(6)
+    start, other, tuned = build_model("vgg_small"), build_model("lite"), build_model("vgg_small")
+    for name, network, stage in (("start", start, 1), ("other", other, 0), ("tuned", tuned, 2)):
+        save_model(network, tmp_path / name, ModelMeta(architecture=network.name, training={"stage": stage}))
+    averaged, averaged_meta = average_models([tmp_path / "other", tmp_path / "start"])
+    save_model(averaged, tmp_path / "avg", averaged_meta)
+    npz = data.write_npz(cartoon, tmp_path / "c.npz")
+    assert main(["interpolate", str(tmp_path / "tuned"), str(tmp_path / "avg"), "--member", "2", "--alpha", "0.25",
+                 "--out", str(tmp_path / "blend"), "--data", str(npz), "--no-progress"]) == 0
+    blend, meta = load_model(tmp_path / "blend")
+    for ours, first, second in zip(blend.get_weights(), start.get_weights(), tuned.get_weights()):
+        np.testing.assert_allclose(ours, 0.75 * first + 0.25 * second, rtol=1e-6, atol=1e-7)
+    assert meta.training["interpolation"] == {"start": str(tmp_path / "avg"), "member": 2,
+                                              "finetuned": str(tmp_path / "tuned"), "alpha": 0.25}
+    assert (meta.training["start_training"], meta.training["finetuned_training"]) == ({"stage": 1}, {"stage": 2})
+    assert meta.training["command"].startswith("python -m ferkit interpolate")
+    printed = capsys.readouterr().out
+    public = cartoon.split("PublicTest")
+    for label, network in ((f"start, {tmp_path / 'avg'} member 2", start), (f"fine-tuned, {tmp_path / 'tuned'}", tuned),
+                           ("blend, alpha 0.25", blend)):
+        accuracy = (predict_probabilities(network, public.images).argmax(1) == public.labels).mean()
+        assert f"{label}: PublicTest accuracy {accuracy:.4f}" in printed
+
+    with pytest.raises(ValueError, match="alpha 1.5: must be between 0"):
+        training.interpolate_weights(tmp_path / "tuned", tmp_path / "start", 1.5)
+    with pytest.raises(ValueError, match="other cannot be blended with .*tuned \\(a vgg_small\\); give the network "
+                                         "it was fine-tuned from: .*do not fit a vgg_small"):
+        training.interpolate_weights(tmp_path / "tuned", tmp_path / "other", 0.5)
+    with pytest.raises(ValueError, match="avg: an average of 2 networks; blend one fine-tuned network at a time"):
+        training.interpolate_weights(tmp_path / "avg", tmp_path / "start", 0.5)
+
+
 # ---------------------------------------------------------------- resume and distribution
 
 TRAIN_SCRIPT = """
