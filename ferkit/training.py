@@ -623,15 +623,15 @@ def load_initial_weights(model, path: str | Path, member: int | None = None) -> 
 
 
 def interpolate_weights(finetuned: str | Path, start: str | Path, alpha: float, member: int | None = None):
-    """The network ``alpha`` of the way from ``start``'s weights to ``finetuned``'s: (1 - alpha) x start + alpha x finetuned.
+    """The network whose weights are (1 - alpha) x ``start``'s + alpha x ``finetuned``'s.
 
     Fine-tuning a network for other inputs (such as the pipeline stage of
     README, "Accuracy on your photos") trades some of what it did well for
     what it learns; a network between the two often keeps both (WiSE-FT:
-    Wortsman et al., "Robust fine-tuning of zero-shot models", 2022). The
-    blend only works between a network and one fine-tuned from it, which lie
-    in the same basin of the loss; two independently trained networks blend
-    into a useless one. ``start`` may be an average: ``member`` picks its
+    Wortsman et al., "Robust fine-tuning of zero-shot models", 2022). It is
+    meant for a network and one fine-tuned from it, which lie in one basin of
+    the loss; independently trained networks do not, and their blend is
+    usually far worse than either. ``start`` may be an average: ``member`` picks its
     network (counted from 1), as ``--member`` does for training. Every
     floating-point weight is blended, batch-normalisation statistics included.
     Returns ``(model, meta)``: ``finetuned``'s architecture and settings, its
