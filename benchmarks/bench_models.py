@@ -46,14 +46,17 @@ def throughput(forwards: dict, batch: int, rounds: int = 5, calls: int = 40) -> 
 
 
 def train_seconds(training: dict) -> tuple[float, int]:
-    """(seconds, stages) of a model's training record: every stage of a staged model, every member of an average."""
+    """(seconds, stages) of a model's training record: every stage of a staged model, every member of an average;
+    a blend (``ferkit interpolate``) counts as its fine-tuned network, whose stages include the start's."""
     if "members" in training:
         return sum(train_seconds(member["training"])[0] for member in training["members"]), 1
-    seconds, stages = training.get("train_seconds") or 0, 1
-    while "init_weights_training" in training:
-        training = training["init_weights_training"]
-        seconds, stages = seconds + (training.get("train_seconds") or 0), stages + 1
-    return seconds, stages
+    if "interpolation" in training:
+        return train_seconds(training["finetuned_training"])
+    seconds = training.get("train_seconds") or 0
+    if "init_weights_training" in training:
+        before, stages = train_seconds(training["init_weights_training"])
+        return seconds + before, stages + 1
+    return seconds, 1
 
 
 def trained(record: dict) -> str:
@@ -62,8 +65,12 @@ def trained(record: dict) -> str:
     seconds, stages = train_seconds(training)
     if "members" in training:
         return f"{seconds / 60:.0f} min, its members'"
+    blended = "interpolation" in training
+    while "interpolation" in training:
+        training = training["finetuned_training"]
     hardware = (training.get("hardware") or "").split(" (")[0]
-    return f"{seconds / 60:.0f} min, {hardware}" + (f", {stages} stages" if stages > 1 else "")
+    return (f"{seconds / 60:.0f} min, {hardware}" + (f", {stages} stages" if stages > 1 else "")
+            + (", then blended" if blended else ""))
 
 
 def main() -> None:
