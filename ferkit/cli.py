@@ -311,15 +311,13 @@ def cmd_ensemble(args) -> None:
 def cmd_interpolate(args) -> None:
     from ferkit import model as model_module, training
 
-    blend, meta = training.interpolate_weights(args.finetuned, args.start, args.alpha, args.member)
-    meta.training["command"] = "python -m ferkit " + shlex.join(args.argv)
-    if args.data:
-        start = training.interpolate_weights(args.finetuned, args.start, 0.0, args.member)[0]  # the network blended
-        _print_public_test_accuracy(args, meta, [
-            (f"start, {args.start}" + (f" member {args.member}" if args.member else ""), start),
-            (f"fine-tuned, {args.finetuned}", model_module.load_model(args.finetuned)[0]),
-            (f"blend, alpha {args.alpha:g}", blend)])
-    files = model_module.save_model(blend, args.out, meta)
+    blend = training.interpolate_weights(args.finetuned, args.start, args.alpha, args.member)
+    blend.meta.training["command"] = "python -m ferkit " + shlex.join(args.argv)
+    _print_public_test_accuracy(args, blend.meta, [
+        (f"start, {args.start}" + (f" member {args.member}" if args.member else ""), blend.start),
+        (f"fine-tuned, {args.finetuned}", blend.finetuned),
+        (f"blend, alpha {args.alpha:g}", blend.model)])
+    files = model_module.save_model(blend.model, args.out, blend.meta)
     print("saved " + ", ".join(str(p) for p in files.values()))
 
 

@@ -20,12 +20,16 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from ferkit.data import FerDataset
 from ferkit.model import (DEFAULT_ARCHITECTURE, ModelMeta, build_model, predict_probabilities, save_model,
                           to_model_input, with_fused_batchnorm)
+
+if TYPE_CHECKING:  # only named in annotations: Keras is imported where a network is built
+    import keras
 
 #: Where ``train`` keeps per-epoch checkpoints and history.csv unless told otherwise.
 DEFAULT_CHECKPOINT_DIR = "checkpoints/fer"
@@ -622,7 +626,17 @@ def load_initial_weights(model, path: str | Path, member: int | None = None) -> 
     return meta
 
 
-def interpolate_weights(finetuned: str | Path, start: str | Path, alpha: float, member: int | None = None):
+class Interpolation(NamedTuple):
+    """What :func:`interpolate_weights` returns: the blend and the two networks it lies between."""
+
+    model: keras.Model  # the blend, in ``finetuned``'s architecture
+    meta: ModelMeta  # ``finetuned``'s settings; ``training`` records both ends and ``alpha``
+    start: keras.Model  # the start network, as blended (the chosen member of an average)
+    finetuned: keras.Model
+
+
+def interpolate_weights(finetuned: str | Path, start: str | Path, alpha: float,
+                        member: int | None = None) -> Interpolation:
     """The network whose weights are (1 - alpha) x ``start``'s + alpha x ``finetuned``'s.
 
     Fine-tuning a network for other inputs (such as the pipeline stage of
@@ -634,8 +648,12 @@ def interpolate_weights(finetuned: str | Path, start: str | Path, alpha: float, 
     usually far worse than either. ``start`` may be an average: ``member`` picks its
     network (counted from 1), as ``--member`` does for training. Every
     floating-point weight is blended, batch-normalisation statistics included.
-    Returns ``(model, meta)``: ``finetuned``'s architecture and settings, its
-    ``training`` record holding both networks' records and ``alpha``.
+
+    The meta's ``training`` holds ``interpolation`` (both paths, ``member``,
+    ``alpha``), ``finetuned_training`` and ``start_training``; the last is
+    left out where it is already ``finetuned_training["init_weights_training"]``
+    (the usual case: a stage blended with the network it was trained from),
+    so that a chain of blends does not store each record twice.
     """
     import keras
 
@@ -647,18 +665,21 @@ def interpolate_weights(finetuned: str | Path, start: str | Path, alpha: float, 
     if (meta.architecture or "").startswith("average("):
         raise ValueError(f"{finetuned}: an average of {len(meta.training['members'])} networks; blend one "
                          "fine-tuned network at a time, then average the blends with `python -m ferkit ensemble`")
-    blend = keras.models.model_from_json(tuned.to_json())
+    start_network = keras.models.model_from_json(tuned.to_json())
     try:
-        start_meta = load_initial_weights(blend, start, member)
+        start_meta = load_initial_weights(start_network, start, member)
     except ValueError as error:
         raise ValueError(f"{start} cannot be blended with {finetuned} (a {meta.architecture or tuned.name}); "
                          f"give the network it was fine-tuned from: {error}") from None
+    blend = keras.models.model_from_json(tuned.to_json())
     blend.set_weights([(1 - alpha) * ours + alpha * theirs if np.issubdtype(theirs.dtype, np.floating) else theirs
-                       for ours, theirs in zip(blend.get_weights(), tuned.get_weights())])
+                       for ours, theirs in zip(start_network.get_weights(), tuned.get_weights())])
     training = {"interpolation": {"start": str(start), "member": member, "finetuned": str(finetuned),
-                                  "alpha": alpha},
-                "start_training": start_meta.training, "finetuned_training": meta.training}
-    return blend, replace(meta, training=training)
+                                  "alpha": alpha}}
+    if start_meta.training != meta.training.get("init_weights_training"):
+        training["start_training"] = start_meta.training
+    training["finetuned_training"] = meta.training
+    return Interpolation(blend, replace(meta, training=training), start_network, tuned)
 
 
 def _hardware() -> str:

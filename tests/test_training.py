@@ -451,6 +451,16 @@ def test_interpolate_blends_a_fine_tuned_network_with_the_member_it_started_from
         accuracy = (predict_probabilities(network, public.images).argmax(1) == public.labels).mean()
         assert f"{label}: PublicTest accuracy {accuracy:.4f}" in printed
 
+    # A stage blended with the network it was trained from: that network's record is stored once, in the stage's.
+    save_model(tuned, tmp_path / "stage", ModelMeta(architecture="vgg_small",
+                                                    training={"stage": 2, "init_weights_training": {"stage": 1}}))
+    again = training.interpolate_weights(tmp_path / "stage", tmp_path / "start", 0.5)
+    assert "start_training" not in again.meta.training
+    assert again.meta.training["finetuned_training"]["init_weights_training"] == {"stage": 1}
+    for ours, first, second in zip(again.model.get_weights(), again.start.get_weights(), again.finetuned.get_weights()):
+        np.testing.assert_allclose(ours, 0.5 * first + 0.5 * second, rtol=1e-6, atol=1e-7)
+    assert all(np.array_equal(ours, theirs) for ours, theirs in zip(again.start.get_weights(), start.get_weights()))
+
     with pytest.raises(ValueError, match="alpha 1.5: must be between 0"):
         training.interpolate_weights(tmp_path / "tuned", tmp_path / "start", 1.5)
     with pytest.raises(ValueError, match="other cannot be blended with .*tuned \\(a vgg_small\\); give the network "
