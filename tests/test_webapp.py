@@ -213,7 +213,11 @@ def test_live_view_labels_the_camera_face_and_measures_fps(server, browser):
     page.page.wait_for_timeout(10000)
     state = page.state()
     assert [face["label"] for face in state["faces"]] == ["happy"]
-    assert state["fps"] > 1.0, state
+    # Not a speed test (the CPU may be shared, and frames take uneven times then): the rate shown must agree,
+    # within a factor of 5 or so, with the time the last frame took (a rate in the wrong units is 1000x off),
+    # and the loop must keep going.
+    assert 0.2 <= state["fps"] * state["latencyMs"]["total"] / 1000 <= 5, state
+    assert state["frames"] >= 3, state
     assert set(state["latencyMs"]) >= {"frame", "detector", "crop", "classifier", "drawing"}
     box = state["faces"][0]["box"]
     assert 80 <= box[0] + box[2] / 2 <= 560  # the face sits in the middle of the fake camera's frame
