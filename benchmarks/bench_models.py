@@ -45,13 +45,20 @@ def throughput(forwards: dict, batch: int, rounds: int = 5, calls: int = 40) -> 
     return {name: batch / float(np.median(values)) for name, values in times.items()}
 
 
+def through_blends(training: dict) -> dict:
+    """The record of the network a blend (``ferkit interpolate``) was fine-tuned into, through blends of blends."""
+    while "interpolation" in training:
+        training = training["finetuned_training"]
+    return training
+
+
 def train_seconds(training: dict) -> tuple[float, int]:
     """(seconds, stages) of a model's training record: every stage of a staged model, every member of an average;
     a blend (``ferkit interpolate``) counts as its fine-tuned network, whose stages include the start's."""
     if "members" in training:
         return sum(train_seconds(member["training"])[0] for member in training["members"]), 1
     if "interpolation" in training:
-        return train_seconds(training["finetuned_training"])
+        return train_seconds(through_blends(training))
     seconds = training.get("train_seconds") or 0
     if "init_weights_training" in training:
         before, stages = train_seconds(training["init_weights_training"])
@@ -66,9 +73,7 @@ def trained(record: dict) -> str:
     if "members" in training:
         return f"{seconds / 60:.0f} min, its members'"
     blended = "interpolation" in training
-    while "interpolation" in training:
-        training = training["finetuned_training"]
-    hardware = (training.get("hardware") or "").split(" (")[0]
+    hardware = (through_blends(training).get("hardware") or "").split(" (")[0]
     return (f"{seconds / 60:.0f} min, {hardware}" + (f", {stages} stages" if stages > 1 else "")
             + (", then blended" if blended else ""))
 
