@@ -195,7 +195,7 @@ def test_validation_batches_keep_order_and_the_last_partial_batch():
     np.testing.assert_array_equal(np.concatenate([batches[i][0] for i in range(3)]), to_model_input(images))
 
 
-@pytest.mark.parametrize("name", ["vgg", "seed_cnn", "vgg_small", "lite"])
+@pytest.mark.parametrize("name", ["vgg", "seed_cnn", "vgg_small", "lite", "lite_wide"])
 def test_architectures_normalise_inside(name):
     model = build_model(name, num_classes=5)
     assert isinstance(model.layers[1], keras.layers.Rescaling) and model.layers[1].scale == pytest.approx(1 / 255)
@@ -758,8 +758,9 @@ def test_train_and_evaluate_commands(cartoon, tmp_path, capsys):
     assert (tmp_path / "r" / "confusion_matrix.png").exists() and (tmp_path / "r" / "training_curves.png").exists()
 
 
-def test_lite_is_compact():
-    assert build_model("lite").count_params() <= 1_500_000  # fer_lite's budget (issue: compact distilled model)
+@pytest.mark.parametrize("name", ["lite", "lite_wide"])
+def test_lite_students_are_compact(name):
+    assert build_model(name).count_params() <= 1_500_000  # fer_lite's budget (issue: compact distilled model)
 
 
 def test_distillation_targets_mix_teacher_and_labels_and_are_cached(cartoon, tmp_path):
