@@ -182,7 +182,7 @@ def lite_network(stages, name: str, num_classes: int = 7, input_size: int = IMAG
     x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
     for stage, (convs, filters) in enumerate(stages, start=1):
         for conv in range(convs):
-            x = _conv_bn_relu(x, filters, name=f"stage{stage}{'abcd'[conv]}")
+            x = _conv_bn_relu(x, filters, name=f"stage{stage}{chr(ord('a') + conv)}")
         x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
         x = layers.Dropout(0.025 * (stage + 2), name=f"stage{stage}_drop")(x)
     x = layers.Flatten(name="flatten")(x)

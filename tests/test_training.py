@@ -763,6 +763,14 @@ def test_lite_students_are_compact(name):
     assert build_model(name).count_params() <= 1_500_000  # fer_lite's budget (issue: compact distilled model)
 
 
+def test_lite_network_builds_any_stage_list():
+    from ferkit.model import lite_network
+
+    network = lite_network([(5, 4), (1, 8)], "candidate")  # bench_students.py's candidates may stack convolutions
+    assert sum(isinstance(layer, keras.layers.Conv2D) for layer in network.layers) == 6
+    assert network.output_shape == (None, 7)
+
+
 def test_distillation_targets_mix_teacher_and_labels_and_are_cached(cartoon, tmp_path):
     teacher = build_model("vgg_small")
     save_model(teacher, tmp_path / "model" / "teacher", ModelMeta(architecture="vgg_small"))
