@@ -57,8 +57,24 @@ def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
                         help="also search each photo at twice its size for small or blurred faces (default: on; "
                              "5x the detection time; video frames are searched once)")
     parser.add_argument("--out", default="annotated", help="folder for annotated copies (default: annotated)")
-    parser.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS, metavar="N",
-                        help=f"refuse images of more than N pixels before decoding them (default: {MAX_IMAGE_PIXELS})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files in --out that ferkit did not write (default: leave them and report)")
+    parser.add_argument("--max-pixels", type=_limit, default=MAX_IMAGE_PIXELS, metavar="N",
+                        help=f"refuse images of more than N pixels before decoding them, 'none' for no limit "
+                             f"(default: {MAX_IMAGE_PIXELS})")
+
+
+def _limit(text: str) -> int | None:
+    """A positive whole number, or 'none' for no limit (0 is refused: it would silently mean either)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive whole number, or 'none' for no limit")
+    return value
 
 
 def _add_subset_options(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +108,7 @@ def cmd_convert(args) -> None:
     started = time.perf_counter()
     output = files.check_output_path(args.output, args.input)  # before anything is read or written
     if output.suffix.lower() not in (".csv", ".npz"):
-        raise SystemExit(f"error: {output}: the output must end in .csv (challenge schema) or .npz (fast cache)")
+        raise files.OutputError(f"{output}: the output must end in .csv (challenge schema) or .npz (fast cache)")
     dataset = _load(args)
     if output.suffix.lower() == ".npz":
         data.write_npz(dataset, output)
@@ -122,7 +138,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 def _predictor(args):
     from ferkit.prediction import Predictor
 
-    return Predictor(args.model, detector=args.detector, tta=args.tta, max_pixels=args.max_pixels or None,
+    return Predictor(args.model, detector=args.detector, tta=args.tta, max_pixels=args.max_pixels,
                      align=args.align, upscale_search=args.upscale_search)
 
 
@@ -147,16 +163,18 @@ def _print_results(args, results, passed, class_names, single: bool = False) -> 
 def cmd_predict(args) -> int:
     import json
 
-    from ferkit.prediction import annotated_path, predict_folder, write_video_table
     from ferkit.images import save_image
+    from ferkit.prediction import annotated_path, predict_folder, write_video_table
 
     target, out = Path(args.input), Path(args.out)
     if not target.exists() and not target.is_symlink():
         raise FileNotFoundError(f"{target}: no such file or folder")
+    ledger = files.OutputLedger(out, args.overwrite)  # refuses a file as --out before the model loads
     predictor = _predictor(args)
     if target.is_dir():
         results, passed = [], []
-        for path, result in predict_folder(predictor, target, out, recursive=args.recursive):
+        for path, result in predict_folder(predictor, target, out, recursive=args.recursive,
+                                           overwrite=args.overwrite):
             if isinstance(result, str):
                 _note(f"skipped: {result}" if str(path) in result else f"skipped: {path}: {result}")
                 passed.append((path, result))
@@ -166,10 +184,12 @@ def cmd_predict(args) -> int:
         _note(f"{len(results)} image(s) annotated in {out}/" + (f"; {len(passed)} file(s) skipped" if passed else ""))
         return 1 if passed else 0
     if target.suffix.lower() in VIDEO_SUFFIXES:
-        video_out = out / f"{target.stem}_annotated.mp4"
+        video_out = ledger.claim(out / f"{target.stem}_annotated.mp4")
+        csv_path = ledger.claim(out / f"{target.stem}_faces.csv")
         table = predictor.predict_video(target, video_out, stride=args.stride, progress=not args.no_progress,
-                                        max_frames=args.max_frames or None)
-        csv_path = write_video_table(table, out / f"{target.stem}_faces.csv")
+                                        max_frames=args.max_frames)
+        ledger.record(video_out)
+        ledger.record(write_video_table(table, csv_path))
         ids = table["face_id"].nunique() if len(table) else 0
         summary = {"video": str(target), "frames": int(table.attrs["frames"]), "face_rows": len(table),
                    "tracked_faces": int(ids), "annotated": str(video_out), "csv": str(csv_path)}
@@ -181,23 +201,24 @@ def cmd_predict(args) -> int:
             print(f"{summary['frames']} frames, {len(table)} face rows, {ids} tracked face(s)")
         _note(f"wrote {video_out} and {csv_path}")
         return 0
+    annotated = files.check_output_path(ledger.claim(annotated_path(target, target.parent, out)), target)
     result = predictor.predict(target)
-    result.annotated = save_image(annotated_path(target, target.parent, out), result.annotate())
+    result.annotated = ledger.record(save_image(annotated, result.annotate()))
     _print_results(args, [result], [], predictor.class_names, single=True)
     _note(f"wrote {result.annotated}")
     return 0
 
 
 def cmd_demo(args) -> None:
-    from ferkit.images import sample_image
+    from ferkit.images import sample_image, save_image
 
-    from ferkit.images import save_image
-
+    ledger = files.OutputLedger(args.out, args.overwrite)
+    annotated = ledger.claim(Path(args.out) / "astronaut_annotated.jpg")
     predictor = _predictor(args)
     result = predictor.predict(sample_image(), channel_order="bgr", name="sample (skimage.data.astronaut)")
     print(result.message)
     print(result.table())
-    _note(f"wrote {save_image(Path(args.out) / 'astronaut_annotated.jpg', result.annotate())}")
+    _note(f"wrote {ledger.record(save_image(annotated, result.annotate()))}")
 
 
 def _select(dataset: data.FerDataset, args) -> data.FerDataset:
@@ -603,8 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--stride", type=int, default=1, help="videos: analyse every N-th frame (default: 1)")
     from ferkit.prediction import MAX_VIDEO_FRAMES
 
-    predict.add_argument("--max-frames", type=int, default=MAX_VIDEO_FRAMES, metavar="N",
-                         help=f"videos: refuse more than N frames (default: {MAX_VIDEO_FRAMES}, an hour at 30 fps)")
+    predict.add_argument("--max-frames", type=_limit, default=MAX_VIDEO_FRAMES, metavar="N",
+                         help=f"videos: refuse more than N frames, 'none' for no limit (default: {MAX_VIDEO_FRAMES}, "
+                              "an hour at 30 fps)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.set_defaults(func=cmd_predict)
 

@@ -7,6 +7,7 @@ bad input leaves any earlier file of that name byte-identical.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tempfile
@@ -112,6 +113,25 @@ def require_regular_file(path: str | os.PathLike, what: str = "file") -> Path:
     return path
 
 
+def read_bytes(path: str | os.PathLike, what: str = "file", max_bytes: int | None = None) -> bytes:
+    """The bytes of ``path``, after :func:`require_regular_file` and a size check: the one way ferkit reads a file.
+
+    A FIFO or device is refused unopened (it could block or never end), and a
+    file over ``max_bytes`` is refused unread, with a message naming it.
+    """
+    path = require_regular_file(path, what)
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise OSError(f"{path}: {size / 2**20:.1f} MiB, more than a {what} can be "
+                      f"({max_bytes / 2**20:.1f} MiB); not read")
+    return path.read_bytes()
+
+
+def read_text(path: str | os.PathLike, what: str = "file", max_bytes: int | None = None) -> str:
+    """:func:`read_bytes` decoded as UTF-8 (UnicodeDecodeError names the position)."""
+    return read_bytes(path, what, max_bytes).decode("utf-8")
+
+
 @contextmanager
 def stderr_descriptor_to(fd: int) -> Iterator[bool]:
     """Point the process's file descriptor 2 at ``fd`` until the block ends; yields whether it could.
@@ -135,3 +155,54 @@ def stderr_descriptor_to(fd: int) -> Iterator[bool]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+class OutputLedger:
+    """The files ferkit has written into an output folder, so that later runs replace those and never the user's.
+
+    A run may write a path that does not exist yet, or one the ledger lists
+    (an earlier run's output); any other existing file is refused unless
+    ``overwrite``. The ledger is a hidden file in the folder
+    (``.ferkit-outputs``), one JSON-quoted relative path a line, appended as
+    each file is written, so an interrupted run still knows its own files.
+    """
+
+    NAME = ".ferkit-outputs"
+
+    def __init__(self, folder: str | os.PathLike, overwrite: bool = False):
+        self.folder, self.overwrite = Path(folder), overwrite
+        if self.folder.exists() and not self.folder.is_dir():
+            raise OutputError(f"{self.folder}: is a file; the output must be a folder (give another --out)")
+        self.path = self.folder / self.NAME
+        self.written: set[str] = set()
+        if self.path.exists():
+            for line in read_text(self.path, "output ledger", 256 * 2**20).splitlines():
+                try:
+                    self.written.add(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # a line cut short by a crash: that file is treated as the user's
+
+    def _key(self, path: Path) -> str:
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(self.folder))
+
+    def wrote(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` is a file an earlier run wrote here."""
+        return self._key(Path(path)) in self.written
+
+    def claim(self, path: str | os.PathLike) -> Path:
+        """``path``, checked as a place to write: new, or ferkit's own, or ``overwrite`` given."""
+        path = check_output_path(path)
+        if (path.exists() or path.is_symlink()) and not (self.overwrite or self.wrote(path)):
+            raise OutputError(f"{path}: already exists and was not written by ferkit; left as it is. Move it, "
+                              "choose another --out, or pass --overwrite to replace it")
+        return path
+
+    def record(self, path: str | os.PathLike) -> Path:
+        """Note ``path`` (just written) as ferkit's own; returns it."""
+        key = self._key(Path(path))
+        if key not in self.written:
+            self.written.add(key)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as ledger:
+                ledger.write(json.dumps(key) + "\n")
+        return Path(path)

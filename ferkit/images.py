@@ -1,21 +1,29 @@
 """Turning whatever the user has into one image format: BGR uint8 (H, W, 3).
 
 Accepted: a path, raw bytes, a numpy array (gray, RGB or BGR, RGBA, 16-bit or
-float), or a PIL image; JPEG, PNG, BMP, WebP (and anything else OpenCV reads).
-EXIF orientation is applied, so phone photos come out upright.
+float), or a PIL image; JPEG, PNG, BMP, WebP, TIFF (and anything else OpenCV
+or Pillow reads). EXIF orientation is applied, so phone photos come out upright.
+
+Pixel values follow one rule (:func:`to_uint8`), the same for arrays, PIL
+images and decoded files:
+
+- uint8 is taken as it is; bool is black and white.
+- Other integers holding only 0-255 are taken as 0-255; uint16 (and PIL's
+  16-bit modes) with larger values as 16-bit, 0-65535. Any other integer
+  range is refused.
+- Floats within 0-1 (to 1/255) are 0-1; floats within 0-255 (to half a
+  level) that reach 2 or more are 0-255. Anything else (negative values, values over 255, a
+  maximum between 1 and 2) is refused as ambiguous.
+- ``value_range=(low, high)`` overrides the rule: low is black, high white.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-
-from ferkit.files import stderr_descriptor_to
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: Largest image decoded by default: a 30000x30000 PNG is 100 KB on disk but 2.7 GB in memory.
@@ -27,7 +35,7 @@ class ImageError(ValueError):
 
 
 def load_image(source, channel_order: str = "rgb", name: str | None = None,
-               max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+               max_pixels: int | None = MAX_IMAGE_PIXELS, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Any supported image input -> BGR uint8 array of shape (H, W, 3).
 
     Parameters
@@ -40,18 +48,21 @@ def load_image(source, channel_order: str = "rgb", name: str | None = None,
         What to call the input in error messages.
     max_pixels : int or None
         Encoded images larger than this (width x height) are refused before
-        they are decoded, so a tiny file cannot take gigabytes of memory.
+        they are decoded, so a tiny file cannot take gigabytes of memory,
+        and files larger than such an image could be are refused unread.
         None: no limit.
+    value_range : (low, high), optional
+        The values that mean black and white in an array or PIL image;
+        default: the module's rule (above), which refuses ambiguous ranges.
     """
     if channel_order not in ("rgb", "bgr"):
         raise ValueError(f"channel_order must be 'rgb' or 'bgr', not {channel_order!r}")
     if isinstance(source, (str, os.PathLike)):
-        from ferkit.files import require_regular_file
+        from ferkit.files import read_bytes
 
         path = Path(source)
         try:
-            require_regular_file(path, "image file")
-            data = path.read_bytes()
+            data = read_bytes(path, "image file", max_file_bytes(max_pixels))
         except OSError as error:
             raise ImageError(str(error) if str(path) in str(error) else f"{path}: cannot read ({error})") from None
         _warn_if_misnamed(path, data)
@@ -59,11 +70,17 @@ def load_image(source, channel_order: str = "rgb", name: str | None = None,
     if isinstance(source, (bytes, bytearray, memoryview)):
         return decode_image_bytes(bytes(source), name or "image bytes", max_pixels)
     if isinstance(source, np.ndarray):
-        return _from_array(source, channel_order, name or "array")
+        return _from_array(source, channel_order, name or "array", value_range)
     if type(source).__module__.startswith("PIL."):
-        return _from_pil(source)
+        return _from_pil(source, name or "PIL image", value_range)
     raise ImageError(f"{name or type(source).__name__}: unsupported input type {type(source).__name__}; "
                      "pass a path, bytes, a numpy array or a PIL image")
+
+
+def max_file_bytes(max_pixels: int | None) -> int | None:
+    """The largest image file worth reading for images of at most ``max_pixels``: 16-bit RGBA uncompressed, plus
+    64 MiB of metadata. A larger file is not such an image, whatever it claims (e.g. a JPEG padded with gigabytes)."""
+    return None if max_pixels is None else 8 * max_pixels + 64 * 2**20
 
 
 #: Leading bytes of each format, and the suffixes that name it.
@@ -96,64 +113,101 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = MAX_IMAG
     """Encoded image bytes -> upright BGR uint8 (EXIF orientation applied).
 
     The size is read from the file's header first and images over
-    ``max_pixels`` are refused undecoded; a JPEG without its end marker is
-    refused as truncated.
+    ``max_pixels`` are refused undecoded; a JPEG cut short is refused as
+    truncated, and one whose compressed data shows damage is decoded with an
+    :class:`ImageWarning` naming it. Decoders' own messages are left on the
+    process's stderr, untouched.
     """
+    import warnings
+
     import cv2
 
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
     if max_pixels is not None:
         _check_pixel_count(data, name, max_pixels)
-    # The last scan must be followed by an end-of-image marker (trailers after it, as phones write, are fine).
-    if data[:3] == b"\xff\xd8\xff" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-        raise ImageError(f"{name}: truncated JPEG (no end-of-image marker): the file was cut short; "
-                         "copy or download it again")
+    if data[:3] == b"\xff\xd8\xff":
+        problem = jpeg_problem(data)
+        if problem == TRUNCATED:
+            raise ImageError(f"{name}: truncated JPEG (no end-of-image marker): the file was cut short; "
+                             "copy or download it again")
+        if problem:
+            warnings.warn(f"{name}: damaged JPEG data ({problem}); parts of the image may be wrong",
+                          ImageWarning, stacklevel=3)
+    encoded = np.frombuffer(data, np.uint8)
     # IMREAD_COLOR applies the EXIF orientation tag; 16-bit and gray files come back as 8-bit BGR.
-    with _native_messages() as messages:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is not None:
-        import warnings
-
-        for message in messages:  # decoded, but the library saw damage: say which file
-            warnings.warn(f"{name}: {message}", ImageWarning, stacklevel=3)
-    else:
-        try:  # Pillow reads a few formats this OpenCV build may lack.
+    image = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    if image is None:  # float TIFFs decode only at their own depth
+        deep = cv2.imdecode(encoded, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+        image = None if deep is None else _from_array(deep, "bgr", name)
+    if image is None:
+        try:  # Pillow reads a few formats this OpenCV build lacks (one-channel float TIFF, ...).
             from PIL import Image, ImageOps
 
             with Image.open(io.BytesIO(data)) as pil:
-                return _from_pil(ImageOps.exif_transpose(pil))
+                pil.load()
+                image = _from_pil(ImageOps.exif_transpose(pil), name)
+        except ImageError:
+            raise
         except Exception:
             kind = "corrupt or truncated" if data[:4] in (b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe1", b"\x89PNG") else \
                 "not an image, or an unsupported format"
-            raise ImageError(f"{name}: cannot decode ({kind}); expected JPEG, PNG, BMP or WebP") from None
+            raise ImageError(f"{name}: cannot decode ({kind}); expected JPEG, PNG, BMP, WebP or TIFF") from None
     if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:
         raise ImageError(_too_large(name, image.shape[1], image.shape[0], max_pixels))
     return image
 
 
-_native_lock = threading.Lock()
+#: :func:`jpeg_problem`'s answer for a JPEG that ends before its end-of-image marker.
+TRUNCATED = "truncated"
+#: Markers that stand alone (no length field): TEM, RST0-7, SOI, EOI.
+_STANDALONE = {0x01, *range(0xD0, 0xD8), 0xD8, 0xD9}
 
 
-@contextmanager
-def _native_messages():
-    """Collect what libjpeg/libpng print while decoding ("Corrupt JPEG data: ...") into the list it yields.
+def jpeg_problem(data: bytes) -> str | None:
+    """What a JPEG's markers show to be wrong with it: :data:`TRUNCATED`, a description of damage, or None.
 
-    The C libraries write straight to the process's stderr, where the message
-    would appear without a file name; decoding holds a lock while stderr
-    points at a temporary file. OpenCV's own log lines ("[ WARN:0@...]") are
-    left out: they restate a failure that is then reported as an ImageError.
+    Walks the segments to each scan, then the scan's compressed data, where a
+    0xFF byte may only precede a stuffed 0x00, the next restart marker in
+    sequence, or the marker that ends the scan. Data after the end-of-image
+    marker (phones' trailers) is ignored. Damage that keeps the markers
+    intact (a flipped bit) shows only in the decoded picture.
     """
-    import tempfile
-
-    messages: list[str] = []
-    with _native_lock, tempfile.TemporaryFile() as capture:
-        with stderr_descriptor_to(capture.fileno()):
-            yield messages
-        capture.seek(0)
-        printed = capture.read().decode("utf-8", errors="replace")
-        messages += [line.strip() for line in printed.splitlines()
-                     if line.strip() and not line.lstrip().startswith(("[ WARN:", "[ERROR:", "[ INFO:"))]
+    position, restart_interval, end = 2, 0, len(data)
+    while True:
+        position = data.find(b"\xff", position)
+        while 0 <= position < end - 1 and data[position + 1] == 0xFF:  # fill bytes before a marker
+            position += 1
+        if position < 0 or position >= end - 1:
+            return TRUNCATED
+        marker = data[position + 1]
+        if marker == 0xD9:
+            return None
+        if marker in _STANDALONE or marker == 0x00:
+            return f"a stray marker 0x{marker:02x} at byte {position}"
+        if position + 4 > end:
+            return TRUNCATED
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        if marker == 0xDD and length >= 4 and position + 6 <= end:  # DRI: restart markers every N blocks
+            restart_interval = int.from_bytes(data[position + 4:position + 6], "big")
+        position += 2 + length
+        if marker != 0xDA:
+            continue
+        expected = 0xD0  # the compressed data of a scan: up to the marker that ends it
+        while True:
+            position = data.find(b"\xff", position)
+            if position < 0 or position >= end - 1:
+                return TRUNCATED
+            following = data[position + 1]
+            if following == 0x00 or following == 0xFF:
+                position += 1
+            elif 0xD0 <= following <= 0xD7:
+                if not restart_interval or following != expected:
+                    return f"restart marker RST{following - 0xD0} out of sequence at byte {position}"
+                expected = 0xD0 + (following - 0xD0 + 1) % 8
+                position += 2
+            else:
+                break
 
 
 def _too_large(name: str, width: int, height: int, max_pixels: int) -> str:
@@ -187,13 +241,15 @@ def _check_pixel_count(data: bytes, name: str, max_pixels: int) -> None:
         raise ImageError(_too_large(name, width, height, max_pixels))
 
 
-def _from_pil(image) -> np.ndarray:
+def _from_pil(image, name: str = "PIL image", value_range: tuple[float, float] | None = None) -> np.ndarray:
+    if image.mode.startswith(("I", "F")):  # 16-bit, 32-bit integer and float modes: their values, not a clip
+        return _from_array(np.asarray(image), "rgb", name, value_range)
     image = image.convert("RGB") if image.mode not in ("RGB", "L") else image
-    array = np.asarray(image)
-    return _from_array(array, "rgb", "PIL image")
+    return _from_array(np.asarray(image), "rgb", name, value_range)
 
 
-def _from_array(array: np.ndarray, channel_order: str, name: str) -> np.ndarray:
+def _from_array(array: np.ndarray, channel_order: str, name: str,
+                value_range: tuple[float, float] | None = None) -> np.ndarray:
     import cv2
 
     if array.size == 0:
@@ -203,31 +259,52 @@ def _from_array(array: np.ndarray, channel_order: str, name: str) -> np.ndarray:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ImageError(f"{name}: expected (H, W) gray, (H, W, 3) colour or (H, W, 4) with alpha, "
                          f"got shape {array.shape}")
-    array = _to_uint8(array, name)
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, :3]  # alpha dropped: faces are in the colour channels
+    array = to_uint8(array, name, value_range)
     if array.ndim == 2:
         return cv2.cvtColor(array, cv2.COLOR_GRAY2BGR)
-    if array.shape[2] == 4:
-        array = array[:, :, :3]  # alpha dropped: faces are in the colour channels
     return np.ascontiguousarray(array[:, :, ::-1] if channel_order == "rgb" else array)
 
 
-def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
-    if array.dtype == np.uint8:
+#: Floats this far beyond 0-1 still count as 0-1 (rounding in a conversion); it is under one grey level.
+FLOAT_TOLERANCE = 1 / 255
+
+
+def to_uint8(array: np.ndarray, name: str = "array", value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Pixel values -> uint8 0-255 by the module's rule (see the module docstring); ImageError where it is ambiguous."""
+    if array.dtype == np.uint8 and value_range is None:
         return array
-    if array.dtype == np.uint16:
-        return (array >> 8).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ImageError(f"{name}: float image contains NaN or infinity")
-        top = 1.0 if array.max() <= 1.0 else 255.0  # 0-1 floats (skimage, matplotlib) or 0-255
-        return np.clip(array * (255.0 / top), 0, 255).round().astype(np.uint8)
-    if np.issubdtype(array.dtype, np.integer):
-        if array.min() < 0 or array.max() > 255:
-            raise ImageError(f"{name}: integer pixel values outside 0-255 (dtype {array.dtype})")
-        return array.astype(np.uint8)
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
-    raise ImageError(f"{name}: unsupported pixel type {array.dtype}")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ImageError(f"{name}: unsupported pixel type {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ImageError(f"{name}: float image contains NaN or infinity")
+    low, high = float(array.min()), float(array.max())
+    if value_range is None:
+        value_range = _implied_range(array.dtype, low, high, name)
+    black, white = map(float, value_range)
+    if not white > black:
+        raise ImageError(f"{name}: value_range {value_range!r}: white must be above black")
+    scaled = (array.astype(np.float64) - black) * (255.0 / (white - black))
+    return np.clip(scaled, 0, 255).round().astype(np.uint8)
+
+
+def _implied_range(dtype, low: float, high: float, name: str) -> tuple[float, float]:
+    found = f"{dtype} values from {low:g} to {high:g}"
+    if np.issubdtype(dtype, np.integer):
+        if low >= 0 and high <= 255:
+            return 0, 255
+        if dtype == np.uint16:
+            return 0, 65535
+        raise ImageError(f"{name}: {found}, not 0-255; pass value_range=(black, white) to say what they mean")
+    if low >= -FLOAT_TOLERANCE and high <= 1 + FLOAT_TOLERANCE:
+        return 0, 1
+    if low >= -0.5 and 2 <= high <= 255.5:  # rounding of half a grey level either way
+        return 0, 255
+    raise ImageError(f"{name}: {found}: neither 0-1 nor 0-255; pass value_range=(0, 1), (0, 255) or "
+                     "(black, white) to say what they mean")
 
 
 def save_image(path: str | os.PathLike, image_bgr: np.ndarray) -> Path:

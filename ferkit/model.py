@@ -63,10 +63,7 @@ class ModelMeta:
     @classmethod
     def read(cls, path: Path) -> "ModelMeta":
         """Read and check a ``.meta.json``; raises :class:`ModelError` naming the file and the bad field."""
-        try:
-            values = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ModelError(f"{path}: not readable JSON ({error}); restore it or retrain the model") from None
+        values = _read_json(path, "model metadata file")
         if not isinstance(values, dict):
             raise ModelError(f"{path}: expected a JSON object of model settings, found {type(values).__name__}")
         known = {f.name for f in fields(cls)}
@@ -75,9 +72,19 @@ class ModelMeta:
             raise ModelError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         meta = cls(**values)
         names = meta.class_names
-        if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
+        if not (isinstance(names, list) and 2 <= len(names) <= MAX_CLASSES and all(map(_is_short_text, names))
                 and len(set(names)) == len(names)):
-            raise ModelError(f"{path}: class_names must be a list of distinct names, got {names!r}")
+            raise ModelError(f"{path}: class_names must be a list of 2-{MAX_CLASSES} distinct names, each "
+                             f"1-{MAX_NAME_LENGTH} printable characters, got {_shorten(names)}")
+        if not (isinstance(meta.architecture, str) and (meta.architecture == "" or _is_short_text(
+                meta.architecture, 2000))):
+            raise ModelError(f"{path}: architecture must be a short printable name, got {_shorten(meta.architecture)}")
+        for name in ("label_map", "training", "saved_with"):
+            if not isinstance(getattr(meta, name), dict):
+                raise ModelError(f"{path}: {name} must be a JSON object, got {_shorten(getattr(meta, name))}")
+        if meta.input_range != [0, 255]:
+            raise ModelError(f"{path}: input_range must be [0, 255] (ferkit models rescale pixels themselves), "
+                             f"got {_shorten(meta.input_range)}")
         if not isinstance(meta.input_size, int) or isinstance(meta.input_size, bool) or not 8 <= meta.input_size <= 512:
             raise ModelError(f"{path}: input_size must be a whole number of pixels (8-512), got {meta.input_size!r}")
         if not isinstance(meta.face_margin, (int, float)) or isinstance(meta.face_margin, bool) \
@@ -98,6 +105,45 @@ class ModelMeta:
             raise ModelError(f"{path}: face_low_contrast must be {{}} or {{\"below_std\": S, \"mean\": M, \"std\": D}} "
                              f"with grey levels 0-255 and D > 0, got {lift!r}")
         return meta
+
+
+#: Limits on what a model's files may hold: generous for any real model, small enough to show on a page.
+MAX_CLASSES = 100
+MAX_NAME_LENGTH = 40
+#: fer.json is 30 KB and fer.meta.json 20 KB; a file far larger is not a ferkit model.
+MAX_JSON_BYTES = 20 * 2**20
+
+
+def _is_short_text(value, limit: int = MAX_NAME_LENGTH) -> bool:
+    """A name a page or a plot can show as it is: printable, not blank, at most ``limit`` characters."""
+    return isinstance(value, str) and 0 < len(value) <= limit and value.isprintable() and not value.isspace()
+
+
+def _shorten(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _read_json(path: Path, what: str):
+    """A model file's JSON; ModelError naming the file for anything unreadable, huge or absurdly nested."""
+    try:
+        return json.loads(files.read_text(path, what, MAX_JSON_BYTES))
+    except OSError as error:  # a FIFO, a device, a huge file: the message names it
+        raise ModelError(f"{error}; restore the model's files or retrain it") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path}: not readable JSON ({error}); restore it or retrain the model") from None
+    except RecursionError:
+        raise ModelError(f"{path}: JSON nested too deeply to be a model file; restore it or retrain "
+                         "the model") from None
+
+
+def is_average(meta: "ModelMeta") -> bool:
+    """Whether ``meta`` describes an average of networks (:func:`average_models`)."""
+    return (meta.architecture or "").startswith(AVERAGE_PREFIX)
+
+
+#: An average's architecture reads "average(member,member,...)".
+AVERAGE_PREFIX = "average("
 
 
 def _keras():
@@ -358,9 +404,15 @@ def resolve_model(model: str | Path | None = None) -> Path:
     directory is looked up beside the ferkit package, where the shipped
     models live, so the defaults work from any folder. Returns the stem.
     """
+    given = str(model)
     if model is None:
         model = os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-    base = _stem(Path(model).expanduser())
+        given = f"${MODEL_ENV}={model}" if model != DEFAULT_MODEL else model
+    path = Path(model).expanduser()
+    if not path.name or path.is_dir():
+        raise ModelError(f"{given}: is a folder, not a model; name a model's files, e.g. {path / DEFAULT_MODEL} "
+                         f"for {path / DEFAULT_MODEL}.json + .h5")
+    base = _stem(path)
     if not base.with_suffix(".json").exists() and len(base.parts) == 1:
         shipped = PROJECT_ROOT / base
         if shipped.with_suffix(".json").exists():
@@ -395,12 +447,9 @@ def load_model(path: str | Path | None = None):
                              f"(+ {base}.meta.json). Train one with `python -m ferkit train`, or name one with "
                              f"--model / ${MODEL_ENV}.")
         files.require_regular_file(required, "model file")
-    meta = ModelMeta.read(paths["meta"]) if paths["meta"].exists() else None
+    meta = ModelMeta.read(paths["meta"]) if paths["meta"].exists() or paths["meta"].is_symlink() else None
     written_by = f" (written by Keras {meta.saved_with['keras']})" if meta and meta.saved_with.get("keras") else ""
-    try:
-        config = json.loads(paths["json"].read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{paths['json']}: not readable JSON ({error}); restore it or retrain the model") from None
+    config = _read_json(paths["json"], "model architecture file")
     if not isinstance(config, dict) or "class_name" not in config:
         raise ModelError(f"{paths['json']}: not a Keras model config (expected what model.to_json() writes)")
     try:
@@ -426,7 +475,30 @@ def load_model(path: str | Path | None = None):
     if tuple(model.input_shape[1:]) != (meta.input_size, meta.input_size, 1):
         raise ModelError(f"{paths['meta']}: input_size {meta.input_size} does not match the model's input "
                          f"{tuple(model.input_shape[1:])}; fix input_size or restore the file")
+    _check_outputs_are_probabilities(model, meta, paths["h5"])
+    if is_average(meta):
+        networks_of(model, meta, base)  # an average's record must name its members
     return model, meta
+
+
+def _check_outputs_are_probabilities(model, meta: ModelMeta, weights: Path) -> None:
+    """ModelError unless every weight is finite and the model maps probe faces to probabilities.
+
+    A model with NaN weights would label every face "angry nan%", and one whose
+    last layer is not a softmax "happy 382%": both are refused at load.
+    """
+    if not all(np.isfinite(w).all() for w in model.get_weights()):
+        raise ModelError(f"{weights}: holds weights that are NaN or infinite (a diverged training run?); "
+                         "restore the file or retrain")
+    size = meta.input_size
+    ramp = np.linspace(0, 255, size * size, dtype=np.float32).reshape(size, size)
+    probe = np.stack([np.full((size, size), 128, np.float32), ramp, ramp.T])[..., None]
+    outputs = np.asarray(model(probe, training=False), np.float64)
+    if not (np.isfinite(outputs).all() and (outputs >= -1e-6).all() and (outputs <= 1 + 1e-6).all()
+            and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3)):
+        raise ModelError(f"{weights}: the model's outputs are not probabilities (for a grey probe face they sum "
+                         f"to {outputs[0].sum():.3g}, range {outputs.min():.3g} to {outputs.max():.3g}); its last "
+                         "layer must be a softmax over the classes")
 
 
 #: What members of an average must share: it decides what goes into the model and what comes out.
@@ -441,8 +513,16 @@ def networks_of(model, meta: ModelMeta, path: str | Path) -> list:
     members, each with the record it was saved with (``model``, ``architecture``,
     ``training``), so that averaging an average with more networks stays flat.
     """
-    if (meta.architecture or "").startswith("average("):
-        return list(zip(model.layers[1:-1], meta.training["members"]))
+    if is_average(meta):
+        members = meta.training.get("members")
+        networks = model.layers[1:-1]
+        if not (isinstance(members, list) and len(members) == len(networks)
+                and all(isinstance(m, dict) and {"model", "architecture", "training"} <= set(m) for m in members)):
+            raise ModelError(f"{path}: its metadata calls it an average ({_shorten(meta.architecture)}) but "
+                             f"training.members does not describe its {len(networks)} networks (each "
+                             "{model, architecture, training}); restore the .meta.json or rebuild it with "
+                             "`python -m ferkit ensemble`")
+        return list(zip(networks, members))
     return [(model, {"model": str(path), "architecture": meta.architecture, "training": meta.training})]
 
 
@@ -487,7 +567,7 @@ def average_models(paths: Sequence[str | Path]):
         outputs.append(member(inputs))
     averaged = keras.Model(inputs, keras.layers.Average(name="probabilities")(outputs), name="average")
     members = [record for _, _, record in networks]
-    architecture = "average(" + ",".join(record["architecture"] or network.name for _, network, record in networks) + ")"
+    architecture = AVERAGE_PREFIX + ",".join(record["architecture"] or network.name for _, network, record in networks) + ")"
     return averaged, replace(first_meta, architecture=architecture, training={"members": members})
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,11 @@ class Predictor:
 
     One predictor may be shared by several threads (a web server's): each
     thread gets its own face detector, and results equal sequential calls.
+    Not across processes: TensorFlow cannot run in a ``fork()``ed child once
+    the parent has used it, so a predictor used in another process than the
+    one that made it raises RuntimeError instead of hanging. Make one
+    predictor per process (in the worker), or start workers with
+    ``multiprocessing.get_context("spawn")``.
 
     Parameters
     ----------
@@ -127,9 +133,18 @@ class Predictor:
         self.align = self.meta.face_align if align is None else bool(align)
         face_module.get_detector(detector)  # fail now, with the reason, if it cannot run here
         self._forward = traced_forward(self.model)
+        self._process = os.getpid()
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._process:
+            raise RuntimeError(
+                f"this Predictor was made in process {self._process} and used in process {os.getpid()} (a fork): "
+                "TensorFlow cannot run in a forked child and would hang. Make one Predictor per process, inside "
+                "the worker, or start workers with multiprocessing.get_context('spawn')")
 
     def classify_crops(self, crops: np.ndarray) -> np.ndarray:
         """(N, S, S) uint8 face crops -> (N, classes) float32 probabilities (:func:`ferkit.model.predict_probabilities`)."""
+        self._check_process()
         return predict_probabilities(self.model, crops, tta=self.tta, forward=self._forward)
 
     def crops(self, image_bgr: np.ndarray, found: list[face_module.Face]) -> np.ndarray:
@@ -141,13 +156,16 @@ class Predictor:
             if found else np.zeros((0, size, size), np.uint8)
 
     def predict(self, image, channel_order: str = "rgb", name: str | None = None,
-                upscale_search: bool | None = None) -> ImagePrediction:
+                upscale_search: bool | None = None, value_range: tuple[float, float] | None = None) -> ImagePrediction:
         """Detect and classify every face in ``image`` (path, bytes, array or PIL image).
 
         An image without faces gives an empty ``faces`` list, not an error.
         ``upscale_search`` overrides the predictor's for this call (live frames: False, for speed).
+        Array and PIL pixel values are read by :mod:`ferkit.images`' rule (uint8 as is, floats in 0-1 or
+        0-255, 16-bit; ambiguous ranges refused) unless ``value_range=(black, white)`` says what they mean.
         """
-        image_bgr = load_image(image, channel_order, name, self.max_pixels)
+        self._check_process()
+        image_bgr = load_image(image, channel_order, name, self.max_pixels, value_range)
         source = name or (str(image) if isinstance(image, (str, Path)) else "")
         found = face_module.detect_faces(image_bgr, self.detector, self.min_face_score,
                                          upscale_search=self.upscale_search if upscale_search is None
@@ -181,17 +199,20 @@ class Predictor:
 
         from ferkit import files
 
+        self._check_process()
         files.require_regular_file(source, "video file")
         capture = cv2.VideoCapture(str(source))
         if not capture.isOpened():
             raise ImageError(f"{source}: cannot open as a video (missing file or unsupported codec)")
         fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        total = _declared_frames(capture)
         frame_pixels = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) * capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if total is None and max_frames is not None:  # a live recording declares no length: count first
+            total = _count_frames(str(source), max_frames + 1)
         if max_frames is not None and total is not None and total > max_frames:
             capture.release()
-            raise ImageError(f"{source}: {total} frames, over the limit of {max_frames}; "
-                             "pass max_frames= (or --max-frames) to allow it, or cut the video")
+            raise ImageError(f"{source}: {'more than ' if total > max_frames else ''}{max_frames} frames, over "
+                             "the limit; pass max_frames= (or --max-frames) to allow it, or cut the video")
         if self.max_pixels is not None and frame_pixels > self.max_pixels:
             capture.release()
             raise ImageError(f"{source}: frames of {frame_pixels / 1e6:.0f} megapixels, over the limit of "
@@ -210,10 +231,12 @@ class Predictor:
                 bar = tqdm(total=total, desc=f"video {Path(source).name}", unit="frame")
                 cleanup.callback(bar.close)
             writer = None
+            clock = _FrameClock(capture, fps)
             while True:
                 ok, frame = capture.read()
                 if not ok:
                     break
+                seconds = clock.seconds()
                 if index % max(1, stride) == 0:
                     found = face_module.detect_faces(frame, self.detector, self.min_face_score)
                     probabilities = self.classify_crops(self.crops(frame, found))
@@ -221,7 +244,7 @@ class Predictor:
                     for face, face_id, smoothed in tracker.update(found, probabilities):
                         prediction = self._face(face, smoothed, face_id)
                         current.append(prediction)
-                        rows.append({"frame": index, "time": round(index / fps, 3), "face_id": face_id,
+                        rows.append({"frame": index, "time": seconds, "face_id": face_id,
                                      "x": face.box[0], "y": face.box[1], "width": face.box[2], "height": face.box[3],
                                      "label": prediction.label, "score": prediction.score,
                                      **{f"p_{k}": v for k, v in prediction.probabilities.items()}})
@@ -251,6 +274,50 @@ class Predictor:
         return table
 
 
+def _declared_frames(capture) -> int | None:
+    """The frame count the container declares, or None where it declares none (live recordings give 0 or junk)."""
+    import cv2
+
+    count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    return int(count) if 0 < count < 2**31 else None
+
+
+def _count_frames(source: str, limit: int) -> int:
+    """Frames in ``source``, counted up to ``limit`` without converting them (far cheaper than analysing them)."""
+    import cv2
+
+    capture = cv2.VideoCapture(source)
+    try:
+        count = 0
+        while count < limit and capture.grab():
+            count += 1
+        return count
+    finally:
+        capture.release()
+
+
+class _FrameClock:
+    """Each frame's time in seconds from the container's timestamps, so variable-frame-rate videos keep real time.
+
+    Where the backend gives no usable timestamp (none, or not after the
+    previous frame's), the frame is placed one frame period after the last.
+    """
+
+    def __init__(self, capture, fps: float):
+        self.capture, self.fps, self.last = capture, fps, None
+
+    def seconds(self) -> float:
+        import cv2
+
+        stamp = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+        if self.last is None:
+            stamp = stamp if math.isfinite(stamp) and stamp >= 0 else 0.0
+        elif not (math.isfinite(stamp) and stamp > self.last):
+            stamp = self.last + 1 / self.fps
+        self.last = stamp
+        return round(stamp, 3)
+
+
 def _open_video_writer(path: Path, output: Path, fps: float, width: int, height: int):
     """An OpenCV writer on ``path`` (the temporary file that becomes ``output``), with the codec the suffix calls
     for."""
@@ -262,6 +329,9 @@ def _open_video_writer(path: Path, output: Path, fps: float, width: int, height:
     codec = {".mp4": "mp4v", ".webm": "VP80"}.get(path.suffix.lower(), "MJPG")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
     if not writer.isOpened():
+        if min(width, height) < 2:
+            raise OutputError(f"{output}: the video's frames are {width}x{height} pixels, too small for the "
+                              f"{path.suffix or 'video'} encoder; nothing was written (such frames hold no face)")
         raise OutputError(f"{output}: OpenCV cannot write this video here (codec or folder); try an .mp4 or .avi "
                           "name in a writable folder")
     return writer
@@ -331,21 +401,32 @@ def annotate(image_bgr: np.ndarray, predictions: list[FacePrediction]) -> np.nda
     return out
 
 
-def folder_images(folder: str | Path, recursive: bool = False) -> tuple[list[Path], list[tuple[Path, str]]]:
+def folder_images(folder: str | Path, recursive: bool = False, leave_out=None) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The images in ``folder`` (sorted; subfolders too if ``recursive``) and the files passed over, with why.
 
-    Hidden files are ignored. Everything else that is not an image ferkit
-    reads (another format, a video, a FIFO, a broken link) is listed as
-    passed over, never dropped silently. Raises ImageError for a folder with
+    Hidden files are ignored, and so is whatever ``leave_out(path)`` is true
+    for (a run's own output folder and files). Symbolic links to folders are
+    followed, once each: a link back to a folder already walked is passed
+    over with the reason. Everything else that is not an image ferkit reads
+    (another format, a video, a FIFO, a broken link) is listed as passed
+    over, never dropped silently. Raises ImageError for a folder with
     nothing to process, saying whether ``recursive`` would find images.
     """
     folder = Path(folder)
     images, passed = [], []
-    for directory, names, filenames in os.walk(folder):
-        names[:] = sorted(n for n in names if not n.startswith(".")) if recursive else []
+    walked = set()
+    for directory, names, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in walked:  # a link to a folder already walked (a loop, or two links to one folder)
+            passed.append((Path(directory), "a link to a folder already searched; not searched again"))
+            names[:] = []
+            continue
+        walked.add(real)
+        keep = sorted(n for n in names if not n.startswith(".")) if recursive else []
+        names[:] = [n for n in keep if not (leave_out and leave_out(Path(directory) / n))]
         for filename in sorted(filenames):
             path = Path(directory) / filename
-            if filename.startswith("."):
+            if filename.startswith(".") or (leave_out and leave_out(path)):
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 passed.append((path, f"not an image ferkit reads (supported: {', '.join(IMAGE_SUFFIXES)})"))
@@ -368,25 +449,42 @@ def annotated_path(image: Path, folder: Path, out_dir: Path) -> Path:
 
 
 def predict_folder(predictor: Predictor, folder: str | Path, out_dir: str | Path | None = None,
-                   recursive: bool = False):
+                   recursive: bool = False, overwrite: bool = False):
     """Predict every image in ``folder`` (sorted); yields ``(path, ImagePrediction or error message)``.
 
     A file that cannot be read (or annotated) gives its message and the run
     goes on; files that are not images come first, with the reason. With
     ``out_dir``, annotated copies are written there (:func:`annotated_path`)
-    and each result's ``annotated`` attribute names the file written.
+    and each result's ``annotated`` attribute names the file written. A run
+    never replaces a file it did not write (:class:`ferkit.files.OutputLedger`;
+    ``overwrite`` allows it, except for this run's own inputs) and never reads
+    its own outputs: ``out_dir`` inside ``folder`` and earlier annotated
+    copies are left out of the inputs.
     """
-    from ferkit.files import OutputError
+    from ferkit.files import OutputError, OutputLedger
     from ferkit.images import save_image
 
     folder = Path(folder)
-    images, passed = folder_images(folder, recursive)
+    ledger = OutputLedger(out_dir, overwrite) if out_dir is not None else None
+    own_folder = os.path.realpath(out_dir) if out_dir is not None else None
+
+    def leave_out(path: Path) -> bool:
+        return ledger is not None and (os.path.realpath(path) == own_folder or ledger.wrote(path))
+
+    images, passed = folder_images(folder, recursive, leave_out)
+    inputs = {os.path.realpath(path) for path in images}
     yield from passed
     for path in images:
         try:
+            target = annotated_path(path, folder, Path(out_dir)) if ledger is not None else None
+            if target is not None:  # checked before the work, which would be lost
+                if os.path.realpath(target) in inputs:
+                    raise OutputError(f"{target}: is also an input of this run; left as it is (choose another "
+                                      "--out)")
+                ledger.claim(target)
             result = predictor.predict(path)
-            if out_dir is not None:
-                result.annotated = save_image(annotated_path(path, folder, Path(out_dir)), result.annotate())
+            if target is not None:
+                result.annotated = ledger.record(save_image(target, result.annotate()))
         except (ImageError, OutputError) as error:
             yield path, str(error)
             continue

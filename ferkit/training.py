@@ -596,7 +596,7 @@ def load_initial_weights(model, path: str | Path, member: int | None = None) -> 
     ``fer``) it takes network number ``member`` (counted from 1), by default
     the first of ``model``'s architecture.
     """
-    from ferkit.model import load_model, networks_of
+    from ferkit.model import is_average, load_model, networks_of
 
     source, meta = load_model(path)
     ours = [tuple(w.shape) for w in model.weights]
@@ -604,7 +604,7 @@ def load_initial_weights(model, path: str | Path, member: int | None = None) -> 
     if member is not None and not 1 <= member <= len(members):
         raise ValueError(f"{path}: member {member} does not exist; it holds {len(members)} network"
                          f"{'s' if len(members) != 1 else ''} (members 1-{len(members)})")
-    if meta.architecture.startswith("average("):
+    if is_average(meta):
         fitting = [(network, record) for index, (network, record) in enumerate(members, start=1)
                    if [tuple(w.shape) for w in network.weights] == ours and member in (None, index)]
         if not fitting:
@@ -657,12 +657,12 @@ def interpolate_weights(finetuned: str | Path, start: str | Path, alpha: float,
     """
     import keras
 
-    from ferkit.model import load_model
+    from ferkit.model import is_average, load_model
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha {alpha}: must be between 0 (the start network) and 1 (the fine-tuned one)")
     tuned, meta = load_model(finetuned)
-    if (meta.architecture or "").startswith("average("):
+    if is_average(meta):
         raise ValueError(f"{finetuned}: an average of {len(meta.training['members'])} networks; blend one "
                          "fine-tuned network at a time, then average the blends with `python -m ferkit ensemble`")
     start_network = keras.models.model_from_json(tuned.to_json())

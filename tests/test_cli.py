@@ -51,10 +51,11 @@ def test_malformed_merge(cartoon, tmp_path, capsys):
     assert "expected SOURCE=TARGET" in capsys.readouterr().err
 
 
-def test_unknown_output_format(cartoon, tmp_path):
+def test_unknown_output_format_fails_with_status_2_and_writes_nothing(cartoon, tmp_path, capsys):
     source = data.write_npz(cartoon, tmp_path / "c.npz")
-    with pytest.raises(SystemExit, match="must end in .csv"):
-        main(["convert", str(source), str(tmp_path / "out.parquet")])
+    assert main(["convert", str(source), str(tmp_path / "out.parquet")]) == 2
+    assert "out.parquet: the output must end in .csv" in capsys.readouterr().err
+    assert not (tmp_path / "out.parquet").exists()
 
 
 @pytest.mark.parametrize("command", [[], ["convert"], ["info"], ["train"], ["evaluate"], ["ensemble"], ["interpolate"], ["distill"], ["predict"], ["demo"]])

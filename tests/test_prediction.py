@@ -74,7 +74,7 @@ def test_exif_orientation_is_honoured(astronaut):
     (cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes()[:20], "cannot decode (corrupt or truncated)"),
     ([1, 2, 3], "unsupported input type list"),
     (np.zeros((4, 4, 2), np.uint8), "got shape (4, 4, 2)"),
-    (np.full((4, 4), -3, np.int32), "outside 0-255"),
+    (np.full((4, 4), -3, np.int32), "int32 values from -3 to -3, not 0-255; pass value_range"),
 ])
 def test_bad_inputs_say_what_is_wrong(source, expected):
     with pytest.raises(images.ImageError, match=expected.replace("(", r"\(").replace(")", r"\)")):
