@@ -17,17 +17,34 @@ Routes (all relative, so the same page works from a static folder,
     GET    /api/videos/{id}          {"status", "frames_done", "frames_total", "error"}
     GET    /api/videos/{id}/video.webm, /faces.csv, /timeline.png
     DELETE /api/videos/{id}          cancel the job, remove its files
+
+The server answers only to the host names it was started for (a page on
+another site that rebinds its DNS name to 127.0.0.1 gets 400), takes state
+changes (POST, PUT, PATCH, DELETE) only from its own pages (403 otherwise),
+runs one video job at a time with a few waiting (429 beyond), keeps uploads and
+outputs within a disk budget (413) and forgets finished jobs after an hour.
+docs/web-app.md has the threat model.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
+import os
+import queue
+import re
 import shutil
+import socket
 import tempfile
 import threading
+import time
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
+from urllib.parse import unquote, urlsplit
 
 from ferkit import files
 from ferkit.faces import (CONFIRMED_SCORE_DISCOUNT, DETECT_MAX_PIXELS, MIN_FACE_SCORE, UPSCALE_SEARCH_MIN_FACE,
@@ -38,8 +55,24 @@ from ferkit.model import ModelMeta, resolve_model
 WEB = Path(__file__).parent / "web"
 #: Largest video upload accepted.
 MAX_UPLOAD_BYTES = 200 * 2**20
+#: Jobs that may wait behind the running one; one more upload gets 429.
+MAX_WAITING_JOBS = 3
+#: Disk the video jobs may take: their uploads and outputs together (an upload beyond it gets 413).
+MAX_WORK_BYTES = 2 * 2**30
+#: Seconds a finished (done, failed, cancelled) job and its files are kept.
+JOB_TTL_SECONDS = 3600
+#: Host names the server answers to by default: this machine's loopback only.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: Listening on these means every interface: any IP address and the machine's name are then this server.
+EVERY_INTERFACE = ("0.0.0.0", "::")
+#: Methods that change something: only the server's own pages may send them.
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+#: Longest upload name shown (a longer one is cut in its stem).
+MAX_FILENAME_CHARS = 100
 #: What an upload's first bytes must look like: (offset, signature, format).
 VIDEO_SIGNATURES = ((4, b"ftyp", "MP4/MOV"), (0, b"\x1aE\xdf\xa3", "WebM/MKV"), (8, b"AVI ", "AVI"))
+
+log = logging.getLogger(__name__)
 
 
 def flexible_yunet(path: Path) -> Path:
@@ -144,15 +177,21 @@ class JobCancelled(Exception):
     pass
 
 
+class QueueFull(Exception):
+    pass
+
+
 @dataclass
 class VideoJob:
     id: str
     folder: Path
-    filename: str
+    filename: str  # as shown: cleaned by safe_filename, never part of a path
+    source: Path  # the upload, inside folder
     status: str = "queued"  # queued, running, done, failed, cancelled
     frames_done: int = 0
     frames_total: int | None = None
     error: str = ""
+    finished_at: float | None = None  # time.monotonic() when it ended: JOB_TTL_SECONDS counts from here
     cancel: threading.Event = field(default_factory=threading.Event)
 
     def as_dict(self) -> dict:
@@ -161,71 +200,129 @@ class VideoJob:
 
 
 class VideoJobs:
-    """Annotates uploaded videos one at a time in a background thread, with ferkit's video pipeline."""
+    """Annotates uploaded videos with ferkit's video pipeline: one at a time, in order, in one worker thread.
 
-    def __init__(self, model: Path, root: Path):
-        self.model, self.root = model, root
+    A video job takes a CPU's worth of TensorFlow for as long as the video plays or longer; running several at
+    once only makes each slower and multiplies the memory, so they wait in line, and only a few may wait.
+    """
+
+    def __init__(self, model: Path, root: Path, max_waiting: int = MAX_WAITING_JOBS,
+                 ttl_seconds: float = JOB_TTL_SECONDS):
+        self.model, self.root, self.max_waiting, self.ttl_seconds = model, root, max_waiting, ttl_seconds
         self.jobs: dict[str, VideoJob] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards self.jobs and each job's status
+        self.line: queue.Queue[VideoJob | None] = queue.Queue()
+        self.receiving = 0  # bytes of uploads being received now (counted in the event loop only)
         self._predictor = None
+        threading.Thread(target=self._work, daemon=True, name="ferkit-video-jobs").start()
 
-    def predictor(self):
-        with self.lock:
-            if self._predictor is None:
-                from ferkit.prediction import Predictor
+    def waiting(self) -> int:
+        return sum(job.status == "queued" for job in list(self.jobs.values()))
 
-                self._predictor = Predictor(self.model)
-            return self._predictor
+    def stored_bytes(self) -> int:
+        """What the queued and finished jobs take on disk now (uploads being received are in self.receiving)."""
+        return folder_bytes(self.root)
 
     def start(self, upload: Path, filename: str) -> VideoJob:
-        job_id = uuid.uuid4().hex[:12]
-        folder = self.root / job_id
-        folder.mkdir(parents=True)
-        source = folder / ("input" + (Path(filename).suffix.lower() or ".mp4"))
-        shutil.move(str(upload), source)
-        job = VideoJob(job_id, folder, filename)
-        self.jobs[job_id] = job
-        threading.Thread(target=self._run, args=(job, source), daemon=True, name=f"video-{job_id}").start()
+        """Queue an upload (moved into the job's folder); raises QueueFull when enough jobs wait already."""
+        with self.lock:
+            if self.waiting() >= self.max_waiting:
+                raise QueueFull(f"{self.waiting()} videos are waiting already; try again when one is done")
+            job_id = uuid.uuid4().hex[:12]
+            folder = self.root / job_id
+            folder.mkdir(parents=True)
+            job = VideoJob(job_id, folder, filename, folder / ("input" + video_suffix(filename)))
+            shutil.move(str(upload), job.source)
+            self.jobs[job_id] = job
+        self.line.put(job)
         return job
 
-    def _run(self, job: VideoJob, source: Path) -> None:
-        from ferkit.plots import plot_emotion_timeline
-        from ferkit.prediction import write_video_table
+    def _work(self) -> None:
+        while (job := self.line.get()) is not None:
+            with self.lock:
+                if job.status != "queued":  # cancelled while waiting
+                    continue
+                job.status = "running"
+            self._run(job)
+            self.sweep()
 
-        job.status = "running"
+    def _run(self, job: VideoJob) -> None:
+        try:
+            self.annotate(job)
+            if job.cancel.is_set():  # cancelled after the last frame: the files go all the same
+                raise JobCancelled
+            status = "done"
+        except JobCancelled:
+            status = "cancelled"
+            shutil.rmtree(job.folder, ignore_errors=True)
+        except Exception as error:  # noqa: BLE001 - the job ends with the reason; the server keeps serving
+            log.warning("video job %s (%s) failed", job.id, job.filename, exc_info=True)
+            status, job.error = "failed", self.public_error(error, job)
+        finally:
+            job.source.unlink(missing_ok=True)
+        with self.lock:
+            job.status, job.finished_at = status, time.monotonic()
+
+    def annotate(self, job: VideoJob) -> None:
+        """The video pipeline on job.source: video.webm, faces.csv and timeline.png in job.folder."""
+        from ferkit.plots import plot_emotion_timeline
+        from ferkit.prediction import Predictor, write_video_table
 
         def on_progress(done: int, total: int | None) -> None:
             job.frames_done, job.frames_total = done, total
             if job.cancel.is_set():
                 raise JobCancelled
 
-        try:
-            table = self.predictor().predict_video(source, job.folder / "video.webm", progress=False,
-                                                   on_progress=on_progress)
-            write_video_table(table, job.folder / "faces.csv")
-            plot_emotion_timeline(table, job.folder / "timeline.png")
-            job.status = "done"
-        except JobCancelled:
-            job.status = "cancelled"
-            shutil.rmtree(job.folder, ignore_errors=True)
-        except Exception as error:  # noqa: BLE001 - the job ends with the reason; the server keeps serving
-            job.status, job.error = "failed", str(error) or type(error).__name__
-        finally:
-            source.unlink(missing_ok=True)
+        if self._predictor is None:  # only the worker thread gets here: no lock
+            self._predictor = Predictor(self.model)
+        table = self._predictor.predict_video(job.source, job.folder / "video.webm", progress=False,
+                                              on_progress=on_progress)
+        write_video_table(table, job.folder / "faces.csv")
+        plot_emotion_timeline(table, job.folder / "timeline.png")
+
+    def public_error(self, error: Exception, job: VideoJob) -> str:
+        """The reason as the page shows it: the upload by its own name, no path on this machine."""
+        message = (str(error) or type(error).__name__).replace(str(job.source), job.filename)
+        return message.replace(str(job.folder) + os.sep, "").replace(str(self.root.parent), "(server)")
 
     def cancel(self, job_id: str) -> VideoJob | None:
-        job = self.jobs.get(job_id)
-        if job is not None:
-            job.cancel.set()
-            if job.status in ("done", "failed"):
-                job.status = "cancelled"
-                shutil.rmtree(job.folder, ignore_errors=True)
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.cancel.set()  # a running job stops at its next frame (_run)
+                if job.status != "running":  # no thread will touch its files again
+                    job.status, job.finished_at = "cancelled", job.finished_at or time.monotonic()
+                    shutil.rmtree(job.folder, ignore_errors=True)
         return job
 
+    def sweep(self) -> None:
+        """Forget the jobs finished over ttl_seconds ago, and remove their files."""
+        now = time.monotonic()
+        with self.lock:
+            expired = [job for job in self.jobs.values()
+                       if job.finished_at is not None and now - job.finished_at >= self.ttl_seconds]
+            for job in expired:
+                del self.jobs[job.id]
+        for job in expired:
+            shutil.rmtree(job.folder, ignore_errors=True)
+
     def close(self) -> None:
-        for job in self.jobs.values():
+        for job in list(self.jobs.values()):
             job.cancel.set()
+        self.line.put(None)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def folder_bytes(folder: Path) -> int:
+    """The size of the files under folder (files removed meanwhile count as nothing)."""
+    total = 0
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            try:
+                total += os.stat(os.path.join(parent, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def sniff_video(head: bytes) -> str | None:
@@ -236,54 +333,173 @@ def sniff_video(head: bytes) -> str | None:
     return None
 
 
+def safe_filename(raw: str | None, default: str = "video.mp4") -> str:
+    """An upload's name as shown: percent-decoded (the page encodes it: headers carry Latin-1 only), its base
+    name only, without control or format characters, at most MAX_FILENAME_CHARS (a long name loses its stem's
+    end, not its suffix). It is shown and given back in download names, never used in a path."""
+    name = re.split(r"[/\\]", unquote(raw or ""))[-1]
+    name = "".join(c for c in name if not unicodedata.category(c).startswith("C")).strip()
+    if name.strip(".") == "":
+        return default
+    if len(name) > MAX_FILENAME_CHARS:
+        suffix = Path(name).suffix[:12]
+        name = name[:MAX_FILENAME_CHARS - len(suffix) - 1] + "…" + suffix
+    return name
+
+
+def video_suffix(filename: str) -> str:
+    """The suffix the job's input file gets (decoders guess by it as well as by content)."""
+    suffix = Path(filename).suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".mp4"
+
+
+# ----------------------------------------------------------------------------
+# Who may ask
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header or an address: '[::1]:8000' -> '::1', 'LocalHost:80' -> 'localhost'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def host_checker(allowed: Iterable[str]) -> Callable[[str], bool]:
+    """Whether a Host header names this server. A page whose DNS name an attacker points at 127.0.0.1 (DNS
+    rebinding) sends its own name; names are therefore listed. Listening on every interface (0.0.0.0, ::),
+    the machine's name and any IP address are this server too: an address cannot be rebound."""
+    names = {host_name(h) for h in allowed}
+    anywhere = bool(names & set(EVERY_INTERFACE))
+    if anywhere:
+        names.add(socket.gethostname().lower())
+
+    def check(header: str) -> bool:
+        name = host_name(header)
+        if name in names or not anywhere:
+            return name in names
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    return check
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of a URL, the default port filled in; None if it is not one."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        return scheme, parts.hostname or "", parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        return None
+
+
+def cross_site_reason(request) -> str | None:
+    """Why a request comes from a page of another site, or None. Browsers send Origin (or at least Referer)
+    and Sec-Fetch-Site with every POST; a client that sends none of them (curl, a script) is no web page."""
+    site = request.headers.get("sec-fetch-site", "")
+    if site in ("cross-site", "same-site"):  # same-site: another port or subdomain, also not this server
+        return f"Sec-Fetch-Site is {site}"
+    own = _origin(f"{request.url.scheme}://{request.headers.get('host', '')}")
+    for header in ("origin", "referer"):
+        if header in request.headers:
+            value = request.headers[header]
+            if own is None or _origin(value) != own:
+                return f"{header.title()} {value[:100]!r} is not this server"
+            return None
+    return None
+
+
 # ----------------------------------------------------------------------------
 # The app
 
 
-def create_app(models: list[str] | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES, work_dir: Path | None = None):
-    """The Starlette app: the page, ``models/``, and the video API (see the module docstring)."""
+def create_app(models: list[str] | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES, work_dir: Path | None = None,
+               *, allowed_hosts: Iterable[str] = LOOPBACK_HOSTS, max_waiting_jobs: int = MAX_WAITING_JOBS,
+               max_work_bytes: int = MAX_WORK_BYTES, job_ttl_seconds: float = JOB_TTL_SECONDS):
+    """The Starlette app: the page, ``models/``, and the video API (see the module docstring).
+
+    allowed_hosts: the host names (or addresses) requests may name in their Host header; 0.0.0.0 or :: among
+    them admits any IP address and this machine's name (see host_checker).
+    """
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.middleware.base import BaseHTTPMiddleware
-    from starlette.responses import FileResponse, JSONResponse
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import FileResponse, JSONResponse, Response
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="ferkit-serve-"))
     entries = prepare_models(models, work / "models")
     files.write_text(work / "models" / "index.json", json.dumps(models_index(entries), indent=2))
-    jobs = VideoJobs(entries[0].stem, work / "videos")
+    jobs = VideoJobs(entries[0].stem, work / "videos", max_waiting_jobs, job_ttl_seconds)
+    known_host = host_checker(allowed_hosts)
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def error(status: int, message: str, **headers: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    def mib(n: int) -> str:
+        return f"{n / 2**20:.0f} MiB"
+
+    def queue_full() -> JSONResponse:
+        return error(429, f"{jobs.waiting()} videos are waiting already; try again when one is done",
+                     **{"Retry-After": "30"})
+
+    def no_space(used: int) -> JSONResponse:
+        return error(413, f"no space left for videos on the server ({mib(used)} of {mib(max_work_bytes)} in use); "
+                          "try again once earlier jobs expire or are cancelled")
 
     async def upload_video(request):
-        declared = int(request.headers.get("content-length") or 0)
+        jobs.sweep()
+        try:
+            declared = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            declared = -1
+        if declared < 0:
+            return error(400, "Content-Length is not a byte count")
+        filename = safe_filename(request.headers.get("x-filename"))
         if declared > max_upload_bytes:
-            return error(413, f"the video is {declared / 2**20:.0f} MiB; the limit is {max_upload_bytes / 2**20:.0f} MiB")
-        filename = Path(request.headers.get("x-filename") or "video.mp4").name
+            return error(413, f"the video is {mib(declared)}; the limit is {mib(max_upload_bytes)}")
+        if jobs.waiting() >= max_waiting_jobs:  # before the body: refuse early
+            return queue_full()
+        stored = jobs.stored_bytes()  # not again while streaming: a walk of the folder per chunk would cost more
+        if stored + jobs.receiving + declared > max_work_bytes:
+            return no_space(stored + jobs.receiving)
         (work / "uploads").mkdir(exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=work / "uploads")
         received, head = 0, b""
-        with open(handle, "wb") as out:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > max_upload_bytes:
-                    out.close()
-                    Path(temporary).unlink(missing_ok=True)
-                    return error(413, f"the video is over the limit of {max_upload_bytes / 2**20:.0f} MiB")
-                if len(head) < 16:
-                    head += chunk[:16]
-                out.write(chunk)
-        if sniff_video(head) is None:
-            Path(temporary).unlink(missing_ok=True)
-            return error(415, f"{filename}: not a video; expected MP4, MOV, WebM, MKV or AVI")
-        job = jobs.start(Path(temporary), filename)
-        return JSONResponse(job.as_dict(), status_code=202)
+        try:
+            with open(handle, "wb") as out:
+                async for chunk in request.stream():
+                    received += len(chunk)
+                    jobs.receiving += len(chunk)
+                    if received > max_upload_bytes:
+                        return error(413, f"the video is over the limit of {mib(max_upload_bytes)}")
+                    if stored + jobs.receiving > max_work_bytes:
+                        return no_space(stored + jobs.receiving)
+                    if len(head) < 16:
+                        head += chunk[:16]
+                    out.write(chunk)
+            if sniff_video(head) is None:
+                return error(415, f"{filename}: not a video; expected MP4, MOV, WebM, MKV or AVI")
+            job = jobs.start(Path(temporary), filename)
+            return JSONResponse(job.as_dict(), status_code=202)
+        except QueueFull:
+            return queue_full()
+        except ClientDisconnect:  # the client went away mid-upload: nobody reads this answer
+            return Response(status_code=400)
+        finally:
+            jobs.receiving -= received
+            Path(temporary).unlink(missing_ok=True)  # a refused or partial upload (a started one was moved)
 
     def find(request):
+        jobs.sweep()
         return jobs.jobs.get(request.path_params["job_id"])
 
     async def video_status(request):
@@ -304,6 +520,17 @@ def create_app(models: list[str] | None = None, max_upload_bytes: int = MAX_UPLO
 
     async def health(request):
         return JSONResponse({"ok": True, "video": True})
+
+    class Guard(BaseHTTPMiddleware):
+        """Answers only to this server's host names, and takes state changes only from its own pages."""
+
+        async def dispatch(self, request, call_next):
+            if not known_host(request.headers.get("host", "")):
+                return error(400, "unknown Host: this server answers to the names it was started for "
+                                  "(python -m ferkit serve --host)")
+            if request.method in STATE_CHANGING and (reason := cross_site_reason(request)):
+                return error(403, f"refused: a page of another site may not change anything here ({reason})")
+            return await call_next(request)
 
     class Isolation(BaseHTTPMiddleware):
         """Cross-origin isolation, so ONNX Runtime Web may use threads (SharedArrayBuffer)."""
@@ -330,23 +557,27 @@ def create_app(models: list[str] | None = None, max_upload_bytes: int = MAX_UPLO
         Mount("/models", StaticFiles(directory=work / "models")),
         Mount("/", StaticFiles(directory=WEB, html=True)),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(Isolation)], lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=[Middleware(Guard), Middleware(Isolation)], lifespan=lifespan)
     app.state.jobs, app.state.work, app.state.entries = jobs, work, entries
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, models: list[str] | None = None, open_browser: bool = True) -> None:
-    """Run the app with uvicorn until interrupted."""
+def serve(host: str = "127.0.0.1", port: int = 8000, models: list[str] | None = None, open_browser: bool = True,
+          *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_waiting_jobs: int = MAX_WAITING_JOBS,
+          max_work_bytes: int = MAX_WORK_BYTES, job_ttl_seconds: float = JOB_TTL_SECONDS) -> None:
+    """Run the app with uvicorn until interrupted; it answers to the loopback names and to ``host``."""
     import sys
     import webbrowser
 
     import uvicorn
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in LOOPBACK_HOSTS:
         print(f"warning: serving on {host}: anyone who can reach this machine can use the page and upload videos",
               file=sys.stderr)
-    app = create_app(models)
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    app = create_app(models, max_upload_bytes=max_upload_bytes, allowed_hosts=(*LOOPBACK_HOSTS, host),
+                     max_waiting_jobs=max_waiting_jobs, max_work_bytes=max_work_bytes, job_ttl_seconds=job_ttl_seconds)
+    shown = "127.0.0.1" if host in EVERY_INTERFACE else f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/"
     print(f"ferkit: {url} (Ctrl+C stops)", file=sys.stderr)
     if open_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()

@@ -85,12 +85,14 @@ def scene(tmp_path_factory):
 class Page:
     """One Chromium page on the app, with every request it makes recorded."""
 
-    def __init__(self, browser, url, screenshots):
+    def __init__(self, browser, url, screenshots, setup=None):
         self.page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
         self.requests, self.logs = [], []
         self.page.on("request", lambda request: self.requests.append(request.url))
         self.page.on("console", lambda message: self.logs.append(message.text))
         self.page.on("pageerror", lambda error: self.logs.append(f"page error: {error}"))
+        if setup:  # before the page loads: routes, dialog handlers
+            setup(self.page)
         self.page.goto(url)
         self.page.wait_for_function("window.ferkitState && window.ferkitState.ready", timeout=120000)
         self.screenshots = screenshots
@@ -230,6 +232,51 @@ def test_live_view_labels_the_camera_face_and_measures_fps(server, browser):
     assert_same_origin(page, server)
 
 
+#: Class names as a hostile MODEL.meta.json could hold them: each would run script or add elements as markup.
+HOSTILE = ['<img src=x onerror=alert("img")>', "<b id=injected-b>angry</b>", "<script>alert('script')</script>",
+           '"><svg id=injected-svg onload=alert("svg")>', '<iframe id=injected-iframe srcdoc="<p>x</p>"></iframe>',
+           "&lt;happy&gt;", "<style id=injected-style>body{display:none}</style>"]
+INJECTED = "img[src=x], [id^=injected], main script, main svg, main iframe, main style"
+
+
+def test_model_strings_reach_the_page_as_text(server, browser, scene):
+    """A model's class names and name are markup here (index.json rewritten on its way to the page, so the page
+    is tested whatever Python accepts); the live bars, the photo's table and readout show them as text."""
+    dialogs = []
+
+    def hostile_models(page):
+        def rewrite(route):
+            index = route.fetch().json()
+            for model in index["models"]:
+                model["name"] += '<img src=x onerror=alert("name")>'
+                model["class_names"] = HOSTILE[:len(model["class_names"])]
+                model["architecture"] = "<b id=injected-arch>x</b>"
+            route.fulfill(status=200, json=index)
+
+        page.route("**/models/index.json", rewrite)
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    page = Page(browser, server, None, setup=hostile_models)
+    if page.page.is_enabled("#live-start"):
+        page.page.click("#live-start")
+    page.page.wait_for_function("window.ferkitState.faces.length > 0", timeout=60000)
+    page.page.wait_for_function("document.querySelectorAll('#live-bars .bar').length > 0", timeout=30000)
+    bars = page.page.locator("#live-bars .bar span:first-child").all_text_contents()
+    assert set(bars) == set(HOSTILE), bars
+    assert HOSTILE[3] in page.page.locator("#live-bars strong").first.text_content()  # the label: "happy"'s place
+    faces = photo_in_page(page, scene)["faces"]
+    assert [f["label"] for f in faces] == [HOSTILE[3]] * 2
+    headers = page.page.locator("#photo-table th").all_text_contents()
+    assert headers == ["face", "box (x, y, w, h)", "label", "score", *HOSTILE]
+    assert page.page.locator("#photo-table td:nth-child(3)").all_text_contents() == [HOSTILE[3]] * 2
+    assert HOSTILE[3] in page.page.locator("#photo-readout").text_content()
+    assert page.page.locator("#model option").first.text_content().endswith('<img src=x onerror=alert("name")>')
+    page.page.wait_for_timeout(500)  # an injected onerror/onload would have fired by now
+    assert dialogs == [] and page.page.locator(INJECTED).count() == 0, dialogs
+    assert page.page.evaluate("getComputedStyle(document.body).display") != "none"
+    assert_same_origin(page, server)
+
+
 def small_video(path, frames=24):
     from ferkit.images import sample_image
 
@@ -286,6 +333,7 @@ def test_a_video_job_can_be_cancelled_and_bad_uploads_get_their_status(server, t
             break
         time.sleep(0.25)
     assert job["status"] == "failed" and job["error"], job  # the job ends with the reason
+    assert "broken.webm" in job["error"] and "ferkit-serve-" not in job["error"], job  # named as uploaded
     long = small_video(tmp_path / "long.mp4", frames=400)
     status, reply = post(long.read_bytes(), {"X-Filename": "long.mp4"})
     assert status == 202

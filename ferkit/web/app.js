@@ -13,6 +13,14 @@ let booted = false;  // `ready` is first set once start-up (and the live view's 
 
 function setStatus(text) { $("status").textContent = text; }
 
+// An element with properties and children; strings go in as text, never as markup: class names come from model
+// files, file names from the user's disk, job fields from the server (none of them may run script here).
+function el(tag, properties = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), properties);
+  node.append(...children.map((child) => (child instanceof Node ? child : String(child))));
+  return node;
+}
+
 function fail(error) {
   state.error = String((error && error.message) || error);
   setStatus("error: " + state.error);
@@ -90,18 +98,14 @@ function drawFaces(context, faces, scale = 1) {
 }
 
 function drawBars(container, faces) {
-  container.replaceChildren(...faces.map((face, i) => {
-    const block = document.createElement("div");
-    block.className = "face-bars";
-    block.innerHTML = `<strong>face ${face.id ?? i}: ${face.label} ${Math.round(100 * face.score)}%</strong>`;
-    for (const [name, p] of Object.entries(face.probabilities)) {
-      const row = document.createElement("div");
-      row.className = "bar" + (name === face.label ? " best" : "");
-      row.innerHTML = `<span>${name}</span><span class="fill" style="width:${(200 * p).toFixed(0)}px"></span><span>${p.toFixed(2)}</span>`;
-      block.appendChild(row);
-    }
-    return block;
-  }));
+  container.replaceChildren(...faces.map((face, i) => el("div", { className: "face-bars" },
+    el("strong", {}, `face ${face.id ?? i}: ${face.label} ${Math.round(100 * face.score)}%`),
+    ...Object.entries(face.probabilities).map(([name, p]) => {
+      const fill = el("span", { className: "fill" });
+      fill.style.width = `${(200 * p).toFixed(0)}px`;
+      return el("div", { className: "bar" + (name === face.label ? " best" : "") }, el("span", {}, name), fill,
+                el("span", {}, p.toFixed(2)));
+    }))));
 }
 
 function download(blob, name) {
@@ -253,8 +257,10 @@ async function analysePhoto(file) {
   photoResult = { file: file.name, model: state.model, faces: state.faces };
   $("photo-readout").textContent = faces.length ? `${file.name}: ${faces.map((f) => `${f.label} ${Math.round(100 * f.score)}%`).join(", ")}` : `${file.name}: no face found`;
   const names = faces.length ? Object.keys(faces[0].probabilities) : [];
-  $("photo-table").innerHTML = faces.length ? `<tr><th>face</th><th>box (x, y, w, h)</th><th>label</th><th>score</th>${names.map((n) => `<th>${n}</th>`).join("")}</tr>` +
-    faces.map((f, i) => `<tr><td>${i}</td><td>${f.box.join(", ")}</td><td>${f.label}</td><td>${f.score.toFixed(3)}</td>${names.map((n) => `<td>${f.probabilities[n].toFixed(3)}</td>`).join("")}</tr>`).join("") : "";
+  const row = (cell, values) => el("tr", {}, ...values.map((value) => el(cell, {}, value)));
+  const header = row("th", ["face", "box (x, y, w, h)", "label", "score", ...names]);
+  $("photo-table").replaceChildren(...(faces.length ? [header] : []), ...faces.map((f, i) =>
+    row("td", [i, f.box.join(", "), f.label, f.score.toFixed(3), ...names.map((n) => f.probabilities[n].toFixed(3))])));
   $("photo-png").disabled = $("photo-json").disabled = false;
 }
 
@@ -267,8 +273,10 @@ const videoJob = { id: null, timer: null };
 async function uploadVideo(file) {
   $("video-readout").textContent = `uploading ${file.name}…`;
   for (const id of ["video-result", "video-links", "video-plot"]) $(id).hidden = true;
-  const response = await fetch("api/videos", { method: "POST", body: file, headers: { "X-Filename": file.name } });
-  const reply = await response.json();
+  // Percent-encoded: a header carries Latin-1 only, and fetch refuses any other character in a file name.
+  const headers = { "X-Filename": encodeURIComponent(file.name) };
+  const response = await fetch("api/videos", { method: "POST", body: file, headers });
+  const reply = await response.json().catch(() => ({ error: response.statusText }));
   if (!response.ok) { $("video-readout").textContent = `${response.status}: ${reply.error}`; return; }
   videoJob.id = reply.id;
   $("video-cancel").disabled = false;
@@ -277,8 +285,16 @@ async function uploadVideo(file) {
 }
 
 async function pollVideo() {
-  const job = await (await fetch(`api/videos/${videoJob.id}`)).json();
+  const response = await fetch(`api/videos/${encodeURIComponent(videoJob.id)}`);
+  const job = await response.json().catch(() => ({ error: response.statusText }));
   const progress = $("video-progress");
+  if (!response.ok) {  // the job is gone (expired, or the server restarted): stop asking
+    clearInterval(videoJob.timer);
+    $("video-cancel").disabled = true;
+    progress.hidden = true;
+    $("video-readout").textContent = `${response.status}: ${job.error}`;
+    return;
+  }
   progress.max = job.frames_total || 1;
   progress.value = job.frames_done;
   $("video-readout").textContent = `${job.file}: ${job.status}, frame ${job.frames_done}${job.frames_total ? " of " + job.frames_total : ""}` + (job.error ? ` (${job.error})` : "");
@@ -287,7 +303,7 @@ async function pollVideo() {
     $("video-cancel").disabled = true;
     progress.hidden = true;
     if (job.status === "done") {
-      const base = `api/videos/${job.id}/`;
+      const base = `api/videos/${encodeURIComponent(job.id)}/`;
       $("video-result").src = base + "video.webm";
       $("video-download").href = base + "video.webm";
       $("video-csv").href = base + "faces.csv";
@@ -298,7 +314,7 @@ async function pollVideo() {
 }
 
 async function cancelVideo() {
-  if (videoJob.id) await fetch(`api/videos/${videoJob.id}`, { method: "DELETE" });
+  if (videoJob.id) await fetch(`api/videos/${encodeURIComponent(videoJob.id)}`, { method: "DELETE" });
 }
 
 // ---------------------------------------------------------------- wiring
