@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Callable, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -20,6 +20,13 @@ from ferkit.errors import BadRecord, DatasetError
 PIXELS = 48 * 48
 REQUIRED_COLUMNS = ("emotion", "pixels", "usage")
 _SPACE, _ZERO = 32, 48
+#: Longest row read. A FER-2013 row is ~9 KB (2,304 values of up to 3 digits); CSV rows are always
+#: 48x48 (``resize`` applies to image files only), so 1 MiB leaves ~100x room for padding and quotes
+#: while a hostile row costs at most a few MiB to reject: the rest of it is read and dropped, never held.
+MAX_ROW_BYTES = 2**20
+#: Text parsed per chunk. Chunks are cut by bytes as well as rows so that a file of long rows cannot
+#: make the parser's temporaries (up to ~30 bytes per byte of text on the careful path) grow with it.
+CHUNK_BYTES = 4 * 2**20
 
 
 def _workers() -> int:
@@ -30,15 +37,51 @@ def _workers() -> int:
 # Reading
 
 
-def read_fer_csv(data: bytes, name: str, n_classes: int, split_names: Sequence[str]):
-    """Parse a FER CSV.
+def iter_lines(stream: BinaryIO, max_bytes: int = MAX_ROW_BYTES, read_size: int = 2**20) -> Iterator[bytes | int]:
+    """Each line of ``stream`` without its ``\\n``; for a line longer than ``max_bytes``, its length instead.
+
+    Reads ``read_size`` bytes at a time, so memory stays within about
+    ``read_size + max_bytes`` however long a line is.
+    """
+    pending = b""  # the start of the current line
+    skipped = 0  # while dropping an over-long line: its length so far
+    while chunk := stream.read(read_size):
+        *complete, tail = chunk.split(b"\n")
+        for piece in complete:
+            if skipped:
+                yield skipped + len(piece)
+                skipped = 0
+            else:
+                line, pending = pending + piece, b""
+                yield line if len(line) <= max_bytes else len(line)
+        if skipped:
+            skipped += len(tail)
+        elif len(pending) + len(tail) > max_bytes:
+            skipped, pending = len(pending) + len(tail), b""
+        else:
+            pending += tail
+    if skipped or pending:
+        yield skipped or pending
+
+
+def _too_long(length: int) -> str:
+    return (f"row is {length / 2**20:.1f} MiB long, over the limit of {MAX_ROW_BYTES // 2**20} MiB per row "
+            f"(a FER-2013 row is about 9 KB: {PIXELS} pixel values); not read. Is each image on a line of its own?")
+
+
+def read_fer_csv(stream: BinaryIO, name: str, n_classes: int, split_names: Sequence[str]):
+    """Parse a FER CSV from a binary stream, one bounded row at a time.
 
     Returns ``labels`` (N,) int64, ``splits`` (N,) int8, ``pixels`` (N, 2304)
     uint8 for the good rows, and the bad rows as a list of ``BadRecord``.
     Raises :class:`ferkit.data.DatasetError` when the header is unusable.
     """
-    lines = data.split(b"\n")
-    header = lines[0].rstrip(b"\r").decode("utf-8-sig", errors="replace")
+    lines = iter_lines(stream)
+    first = next(lines, b"")
+    if isinstance(first, int):
+        raise DatasetError(f"{name}: the first line is {first / 2**20:.1f} MiB long; a FER-2013 CSV starts with "
+                           "the header line emotion,pixels,Usage")
+    header = first.rstrip(b"\r").decode("utf-8-sig", errors="replace")
     columns = [c.strip().strip('"').lower() for c in header.split(",")]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
@@ -48,7 +91,10 @@ def read_fer_csv(data: bytes, name: str, n_classes: int, split_names: Sequence[s
     split_ids = {s.encode(): i for i, s in enumerate(split_names)}
 
     labels, splits, fields, line_numbers, bad = [], [], [], [], []
-    for number, line in enumerate(lines[1:], start=2):
+    for number, line in enumerate(lines, start=2):
+        if isinstance(line, int):
+            bad.append((number, _too_long(line)))
+            continue
         if not line.strip():
             continue
         parts = line.rstrip(b"\r").split(b",")
@@ -56,13 +102,13 @@ def read_fer_csv(data: bytes, name: str, n_classes: int, split_names: Sequence[s
             bad.append((number, f"expected {len(columns)} comma-separated fields, found {len(parts)}"))
             continue
         emotion = parts[i_emotion].strip().strip(b'"')
-        label = int(emotion) if emotion.isdigit() else -1
+        label = int(emotion) if emotion.isdigit() and len(emotion) <= 3 else -1  # int() refuses > 4300 digits
         if not 0 <= label < n_classes:
-            bad.append((number, f"emotion {emotion.decode(errors='replace')!r} is not a label id 0-{n_classes - 1}"))
+            bad.append((number, f"emotion {_shown(emotion)!r} is not a label id 0-{n_classes - 1}"))
             continue
         usage = parts[i_usage].strip().strip(b'"')
         if usage not in split_ids:
-            bad.append((number, f"unknown Usage {usage.decode(errors='replace')!r} "
+            bad.append((number, f"unknown Usage {_shown(usage)!r} "
                                 f"(expected {', '.join(split_names)})"))
             continue
         labels.append(label)
@@ -80,7 +126,14 @@ def read_fer_csv(data: bytes, name: str, n_classes: int, split_names: Sequence[s
             pixels[keep], records)
 
 
-def parse_pixel_fields(fields: Sequence[bytes], rows_per_chunk: int = 512) -> tuple[np.ndarray, dict[int, str]]:
+def _shown(value: bytes | str, limit: int = 20) -> str:
+    """A field as messages quote it: cut short, so one hostile field cannot make a megabyte message."""
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def parse_pixel_fields(fields: Sequence[bytes], rows_per_chunk: int = 512,
+                       chunk_bytes: int = CHUNK_BYTES) -> tuple[np.ndarray, dict[int, str]]:
     """Parse rows of space-separated 0-255 integers.
 
     Returns ``(pixels, problems)``: ``pixels`` (len(fields), 2304) uint8 (rows
@@ -91,14 +144,26 @@ def parse_pixel_fields(fields: Sequence[bytes], rows_per_chunk: int = 512) -> tu
     pixels = np.zeros((len(fields), PIXELS), np.uint8)
     problems: dict[int, str] = {}
 
-    def work(lo: int) -> None:
-        hi = min(lo + rows_per_chunk, len(fields))
+    def work(bounds: tuple[int, int]) -> None:
+        lo, hi = bounds
         for row, problem in _parse_chunk(fields[lo:hi], pixels[lo:hi]).items():
             problems[lo + row] = problem
 
     with ThreadPoolExecutor(_workers()) as pool:
-        list(pool.map(work, range(0, len(fields), rows_per_chunk)))
+        list(pool.map(work, _chunk_bounds(fields, rows_per_chunk, chunk_bytes)))
     return pixels, dict(sorted(problems.items()))
+
+
+def _chunk_bounds(fields: Sequence[bytes], rows: int, max_bytes: int) -> list[tuple[int, int]]:
+    """Row ranges of at most ``rows`` rows and ``max_bytes`` of text (but at least one row each)."""
+    ends = np.cumsum(np.fromiter(map(len, fields), np.int64, len(fields)) + 1)
+    bounds, lo = [], 0
+    while lo < len(fields):
+        start = ends[lo - 1] if lo else 0
+        hi = max(lo + 1, min(lo + rows, int(np.searchsorted(ends, start + max_bytes, side="right"))))
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
 
 
 def _parse_chunk(fields: Sequence[bytes], out: np.ndarray) -> dict[int, str]:
@@ -133,9 +198,8 @@ def _parse_chunk_carefully(text: np.ndarray, fields: Sequence[bytes], out: np.nd
     problems: dict[int, str] = {}
 
     stray = np.flatnonzero(~is_digit & (text != _SPACE))
-    for row in np.unique(np.searchsorted(row_end, stray, side="right")):
-        first = stray[np.searchsorted(stray, row_end[row - 1] if row else 0)]
-        problems[int(row)] = f"pixels hold {chr(text[first])!r}; expected integers 0-255 separated by spaces"
+    for row, first in _first_per_row(stray, np.searchsorted(row_end, stray, side="right")):
+        problems[row] = f"pixels hold {chr(text[first])!r}; expected integers 0-255 separated by spaces"
 
     # A token ends where a digit is followed by a non-digit (the text ends in a space).
     ends = np.flatnonzero(is_digit[:-1] & ~is_digit[1:])
@@ -151,18 +215,32 @@ def _parse_chunk_carefully(text: np.ndarray, fields: Sequence[bytes], out: np.nd
     values += np.where(length >= 2, digits[ends - 1].astype(np.int32) * 10, 0)
     values += np.where(length >= 3, digits[ends - 2].astype(np.int32) * 100, 0)
     out_of_range = np.flatnonzero((values > 255) | (length > 3))
-    if len(out_of_range):
-        token_row = np.searchsorted(np.cumsum(per_row), out_of_range, side="right")
-        for token, row in zip(out_of_range, token_row):
-            value = bytes(text[starts[token]:ends[token] + 1]).decode()
-            problem = (f"pixel value {value} has leading zeros; expected integers 0-255 written plainly"
-                       if len(value) > 3 and int(value) <= 255 else f"pixel value {value} is out of range 0-255")
-            problems.setdefault(int(row), problem)
+    token_row = np.searchsorted(np.cumsum(per_row), out_of_range, side="right")
+    for row, token in _first_per_row(out_of_range, token_row):
+        problems.setdefault(row, _out_of_range(bytes(text[starts[token]:ends[token] + 1]).decode()))
 
     good = np.ones(len(fields), bool)
     good[list(problems)] = False
     out[good] = values[np.repeat(good, per_row)].reshape(-1, PIXELS)
     return problems
+
+
+def _first_per_row(items: np.ndarray, rows: np.ndarray) -> list[tuple[int, int]]:
+    """(row, its first item) for each row in ``rows``, the row of each of the sorted ``items``.
+
+    One message per bad row, found without a Python step per bad token: 3,000
+    rows of 2,304 out-of-range values each once took seconds in such a loop.
+    """
+    rows, first = np.unique(rows, return_index=True)
+    return list(zip(rows.tolist(), items[first].tolist()))
+
+
+def _out_of_range(value: str) -> str:
+    """The problem with one token of digits that is not a plain 0-255 value."""
+    significant = value.lstrip("0") or "0"  # int() refuses strings of more than 4300 digits
+    if len(significant) <= 3 and int(significant) <= 255:
+        return f"pixel value {_shown(value)} has leading zeros; expected integers 0-255 written plainly"
+    return f"pixel value {_shown(value)} is out of range 0-255"
 
 
 # ----------------------------------------------------------------------------

@@ -35,3 +35,16 @@ def test_careful_path_tolerates_repeated_spaces():
     parsed, problems = _csvcodec.parse_pixel_fields(fields)
     assert problems == {}
     np.testing.assert_array_equal(parsed, np.stack([row, row]).astype(np.uint8))
+
+
+def test_iter_lines_matches_split_and_gives_only_the_length_of_overlong_lines():
+    import io
+
+    rng = np.random.default_rng(2)
+    lines = [b"x" * int(n) for n in rng.integers(0, 30, 200)] + [b"y" * 25, b""]
+    text = b"\n".join(lines)
+    expected = [line if len(line) <= 10 else len(line) for line in lines]
+    if not lines[-1]:
+        expected.pop()  # like a file ending in a newline: no empty last line
+    for read_size in (1, 3, 7, 64, 10**6):  # lines straddle every kind of read boundary
+        assert list(_csvcodec.iter_lines(io.BytesIO(text), max_bytes=10, read_size=read_size)) == expected

@@ -319,3 +319,200 @@ def test_counts_and_summary_table(cartoon):
     table = data.summary_table(cartoon)
     assert table.splitlines()[0].split()[:3] == ["split", "angry", "disgust"]
     assert table.splitlines()[-1].split()[-1] == str(len(cartoon))
+
+
+# ---------------------------------------------------------------- hostile inputs: bounded work and memory
+
+import os  # noqa: E402
+import struct  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+import zlib  # noqa: E402
+
+
+def npy_bytes(descr, shape, payload=b"", fortran_order=False):
+    """A .npy file whose header says whatever the test wants, followed by ``payload``."""
+    header = repr({"descr": descr, "fortran_order": fortran_order, "shape": shape}).encode("latin1")
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + payload
+
+
+def ferkit_npz(path, **members):
+    """A valid three-image ferkit .npz, with ``members`` ({"images": npy bytes, ...}) replacing its arrays."""
+    arrays = {"images": np.zeros((3, 48, 48), np.uint8), "labels": np.array([0, 3, 6]),
+              "splits": np.array([0, 1, 2]), "class_names": np.array(CLASS_NAMES)}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, array in arrays.items():
+            if name not in members:
+                buffer = io.BytesIO()
+                np.save(buffer, array)
+                members[name] = buffer.getvalue()
+            archive.writestr(f"{name}.npy", members[name])
+    return path
+
+
+@pytest.mark.parametrize("member, descr, shape", [
+    ("images", "|u1", (99999999, 48, 48)),  # the report: 215 GiB asked of a 1 KB file
+    ("class_names", "<U0", (10**7,)),  # zero bytes per element, but ten million to loop over
+])
+def test_npz_header_declaring_more_than_the_file_holds_is_refused_unallocated(tmp_path, member, descr, shape):
+    path = ferkit_npz(tmp_path / "bomb.npz", **{member: npy_bytes(descr, shape, b"\0" * 256)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match=re.escape(f"bomb.npz: {member}.npy: its header declares")) as error:
+            load_fer2013(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"shape {shape}" in str(error.value) and "truncated or damaged" in str(error.value)
+    assert peak < 2**20, f"{peak / 2**20:.0f} MiB allocated for a {path.stat().st_size}-byte file"
+
+
+def png_of_size(width, height):
+    """A valid grayscale PNG of width x height black pixels: small on disk, width*height bytes decoded."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    body = zlib.compress(b"\0" * ((width + 1) * height), 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def jpeg_declaring(width, height):
+    """A 48x48 JPEG whose start-of-frame header claims width x height."""
+    data = bytearray(cv2.imencode(".jpg", GRAY)[1].tobytes())
+    frame = data.index(b"\xff\xc0")
+    data[frame + 5:frame + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def bmp_declaring(width, height):
+    data = bytearray(cv2.imencode(".bmp", GRAY)[1].tobytes())
+    data[18:26] = struct.pack("<ii", width, height)
+    return bytes(data)
+
+
+LIMIT = "over the limit of 16.8 megapixels for a dataset image; not decoded"
+
+
+@pytest.mark.parametrize("name, payload, expected", [
+    ("Training_2.png", png_of_size(5000, 5000), f"image is 5000x5000 (25 megapixels), {LIMIT}"),
+    ("Training_2.jpg", jpeg_declaring(5000, 5000), f"image is 5000x5000 (25 megapixels), {LIMIT}"),
+    ("Training_2.bmp", bmp_declaring(5000, 5000), f"image is 5000x5000 (25 megapixels), {LIMIT}"),
+    ("Training_2.bmp", bmp_declaring(30000, 30000), f"image is 900 megapixels, {LIMIT}"),  # Pillow refuses it too
+])
+def test_images_over_the_pixel_limit_are_refused_from_their_header(tmp_path, monkeypatch, name, payload, expected):
+    path = make_zip(tmp_path / "a.zip", {"train/happy/Training_1.png": png(GRAY), f"train/sad/{name}": payload})
+    decoded = []
+    real_imdecode = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda buffer, flags: decoded.append(len(buffer)) or real_imdecode(buffer, flags))
+    loaded = load_fer2013(path, resize=True, on_error="skip", progress=False)  # resize allows larger, not unbounded
+    [record] = loaded.skipped
+    assert record.where == f"train/sad/{name}"
+    assert record.problem.startswith(expected)
+    assert len(loaded) == 1 and decoded == [len(png(GRAY))]  # the large one was never decoded
+
+
+def test_an_image_of_the_wrong_size_is_refused_before_decoding_unless_resized(tmp_path, monkeypatch):
+    path = make_zip(tmp_path / "a.zip", {"train/sad/Training_2.png": png_of_size(2000, 1000)})
+    monkeypatch.setattr(cv2, "imdecode", lambda *args: pytest.fail("decoded an image its header ruled out"))
+    with pytest.raises(DatasetError, match=re.escape("Training_2.png: image is 2000x1000, expected 48x48 (pass resize")):
+        load_fer2013(path, progress=False)
+
+
+def test_an_overlong_csv_row_is_reported_by_line_and_never_held(tmp_path):
+    good = "0," + PIXELS + ",Training"
+    path = tmp_path / "long.csv"
+    path.write_text("\n".join(["emotion,pixels,Usage", good, "3," + "1 " * (4 * 2**20) + ",Training", good]) + "\n")
+    tracemalloc.start()
+    try:
+        loaded = load_fer2013(path, on_error="skip")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(loaded) == 2 and [str(r) for r in loaded.skipped] == [
+        "long.csv line 3: row is 8.0 MiB long, over the limit of 1 MiB per row (a FER-2013 row is about 9 KB: "
+        "2304 pixel values); not read. Is each image on a line of its own?"]
+    assert peak < 6 * 2**20, f"peak {peak / 2**20:.1f} MiB while reading an 8 MiB row: it was held"
+
+
+def test_a_csv_without_line_breaks_is_named_not_parsed(tmp_path):
+    path = tmp_path / "one_line.csv"
+    path.write_bytes(b"emotion,pixels,Usage" + b" 7" * 2**20)
+    with pytest.raises(DatasetError, match=r"one_line.csv: the first line is 2.0 MiB long; a FER-2013 CSV starts "):
+        load_fer2013(path)
+
+
+@pytest.mark.parametrize("row, expected", [
+    ("3," + "0" * 5000 + "7 " + PIXELS[2:] + ",Training", "pixel value 00000000000000000000... has leading zeros"),
+    ("3," + "9" * 5000 + " " + PIXELS[2:] + ",Training", "pixel value 99999999999999999999... is out of range 0-255"),
+    ("3" * 5000 + "," + PIXELS + ",Training", "emotion '33333333333333333333...' is not a label id 0-6"),
+])
+def test_numbers_of_thousands_of_digits_are_bad_rows_not_int_errors(tmp_path, row, expected):
+    path = tmp_path / "digits.csv"
+    path.write_text("\n".join(["emotion,pixels,Usage", "0," + PIXELS + ",Training", row]) + "\n")
+    loaded = load_fer2013(path, on_error="skip")
+    [record] = loaded.skipped
+    assert str(record).startswith(f"digits.csv line 3: {expected}")
+
+
+def test_a_zipped_csv_of_uniform_faces_is_not_called_a_zip_bomb(tmp_path):
+    rows = "\n".join("0," + " ".join(["0"] * 2304) + ",Training" for _ in range(600))
+    with zipfile.ZipFile(tmp_path / "black.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("fer2013.csv", "emotion,pixels,Usage\n" + rows + "\n")  # compresses ~690:1
+        info = archive.infolist()[0]
+    assert info.file_size / info.compress_size > 500
+    loaded = load_fer2013(tmp_path / "black.zip")
+    assert len(loaded) == 600 and not loaded.images.any()
+
+
+def test_thousands_of_bad_csv_rows_are_reported_quickly(tmp_path):
+    tokens = {"300": "pixel value 300 is out of range 0-255", "-5": "pixels hold '-'", "abc": "pixels hold 'a'"}
+    rows = [f"3,{' '.join([token] * 2304)},Training" for token in [*tokens, *["300"] * 2997]]
+    path = tmp_path / "bad.csv"
+    path.write_text("\n".join(["emotion,pixels,Usage", "0," + PIXELS + ",Training", *rows]) + "\n")
+    started = time.process_time()  # CPU time of all threads: what the work costs, whatever else the machine runs
+    loaded = load_fer2013(path, on_error="skip")
+    elapsed = time.process_time() - started
+    assert len(loaded) == 1 and len(loaded.skipped) == 3000
+    for record, expected in zip(loaded.skipped[:3], tokens.values()):
+        assert record.problem.startswith(expected)
+    assert [r.where for r in loaded.skipped[-2:]] == ["bad.csv line 3001", "bad.csv line 3002"]
+    assert elapsed < 2.0, f"{elapsed:.1f} s of CPU for 3,000 bad rows"
+
+
+def test_linked_class_folders_are_read_and_link_loops_reported(tmp_path):
+    folder = tmp_path / "fer"
+    (folder / "train" / "sad").mkdir(parents=True)
+    (folder / "train" / "sad" / "Training_1.png").write_bytes(png(GRAY))
+    elsewhere = tmp_path / "happy_faces"
+    elsewhere.mkdir()
+    (elsewhere / "Training_2.png").write_bytes(png(GRAY + 1))
+    (folder / "train" / "happy").symlink_to(elsewhere)  # e.g. classes kept on another disk
+    (folder / "train" / "surprise").symlink_to(elsewhere)  # a second path to the same images
+    (folder / "train" / "sad" / "loop").symlink_to(folder / "train")  # points at an enclosing folder
+    loaded = load_fer2013(folder, on_error="skip", progress=False)
+    assert sorted(CLASS_NAMES[label] for label in loaded.labels) == ["happy", "sad"]
+    problems = {r.where: r.problem for r in loaded.skipped}
+    assert set(problems) == {"train/sad/loop", "train/surprise"}
+    assert problems["train/sad/loop"].startswith("link to the enclosing folder 'train'; not followed")
+    assert problems["train/surprise"].startswith("the same folder as 'train/happy', which is read; not read twice")
+
+
+def test_a_folder_that_cannot_be_listed_is_reported(tmp_path, monkeypatch):
+    folder = tmp_path / "fer"
+    for name in ("happy", "sad"):
+        (folder / "train" / name).mkdir(parents=True)
+        (folder / "train" / name / f"Training_{len(name)}.png").write_bytes(png(GRAY))
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as for a folder without read permission (which root, running tests, ignores)
+        if str(path).endswith("sad"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    loaded = load_fer2013(folder, on_error="skip", progress=False)
+    assert len(loaded) == 1
+    assert [str(r) for r in loaded.skipped] == ["train/sad: cannot list this folder (Permission denied); "
+                                                "check its permissions"]
