@@ -78,7 +78,9 @@ class WeightAverage(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.path is not None and self.path.exists():
-            with np.load(self.path) as saved:
+            from ferkit.files import require_regular_file
+
+            with np.load(require_regular_file(self.path, "weight average checkpoint")) as saved:
                 self.epochs = [int(e) for e in saved["epochs"]]
                 self.average = [saved[f"w{i}"] for i in range(len(saved.files) - 1)]
 
@@ -117,3 +119,34 @@ class LivePlot(keras.callbacks.Callback):
         figure = plot_training_curves(self.history)
         display(figure)
         plt.close(figure)
+
+
+class PhotoValidation(keras.callbacks.Callback):
+    """Each epoch, score held-out photo crops and add ``val_photos_macro_recall`` and ``val_selection`` to the logs.
+
+    ``val_photos_macro_recall`` is the mean recall over the classes with at
+    least ``min_support`` held-out photos (photos without a found face count
+    as misses); ``val_selection``, what the best epoch is chosen by, is its
+    mean with PublicTest accuracy (``val_accuracy``), so neither is traded
+    away for the other. Place it before the callbacks that read those logs.
+    """
+
+    def __init__(self, crops: np.ndarray, labels: np.ndarray, found: np.ndarray, num_classes: int,
+                 min_support: int = 40):
+        super().__init__()
+        self.crops, self.labels, self.found = crops, labels, found
+        support = np.bincount(labels, minlength=num_classes)
+        self.counted = np.flatnonzero(support >= min_support)
+        if not len(self.counted):
+            raise ValueError(f"the held-out photos have no class with {min_support}+ photos "
+                             f"(counts {support.tolist()}); hold out a larger part or add photos")
+
+    def on_epoch_end(self, epoch, logs=None):
+        from ferkit.model import predict_probabilities
+
+        predicted = np.full(len(self.labels), -1)
+        predicted[self.found] = predict_probabilities(self.model, self.crops[self.found]).argmax(1)
+        recall = [(predicted[self.labels == k] == k).mean() for k in self.counted]
+        if logs is not None:
+            logs["val_photos_macro_recall"] = float(np.mean(recall))
+            logs["val_selection"] = (float(logs.get("val_accuracy", 0.0)) + float(np.mean(recall))) / 2

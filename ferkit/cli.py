@@ -233,7 +233,7 @@ def _select(dataset: data.FerDataset, args) -> data.FerDataset:
 
 
 def cmd_train(args) -> None:
-    from ferkit import training
+    from ferkit import photos, training
 
     if args.member is not None and not (args.init_weights or args.finetune_from):
         raise ValueError("--member N picks a network of the model given to --init-weights or --finetune-from; "
@@ -247,6 +247,8 @@ def cmd_train(args) -> None:
         init_member=args.member,
         average_last=args.average_last, average_learning_rate=args.average_learning_rate,
         teacher=args.teacher, teacher_weight=args.teacher_weight,
+        photos=args.photos, photos_weight=args.photos_weight, photos_held_out=args.photos_held_out,
+        photos_labels=photos.parse_label_map(args.photos_labels), epoch_size=args.epoch_size,
         augmentation=training.Augmentation(shift=args.shift, erase_probability=args.erase_probability,
                                            blur_probability=args.blur_probability,
                                            jpeg_probability=args.jpeg_probability))
@@ -273,10 +275,39 @@ def cmd_train(args) -> None:
     print("saved " + ", ".join(str(p) for p in result.files.values()))
 
 
+def cmd_evaluate_photos(args, model, meta) -> None:
+    from ferkit import evaluation, photos
+
+    photo_set = photos.read_photo_set(args.input, meta.class_names, photos.parse_label_map(args.labels))
+    if args.held_out is not None:
+        photo_set = photo_set.split_by_identity(args.held_out)[1]
+    crops = photos.crop_photos(photo_set, meta, args.detector, progress=not args.no_progress)
+    for index, why in sorted(crops.errors.items()):
+        _note(f"unreadable, counted as no face: {why}")
+    metrics, table = evaluation.evaluate_photos(model, meta, photo_set, crops, args.min_support, args.tta,
+                                                args.resamples)
+    metrics["model"] = str(model_module_path(args.model))
+    results = Path(args.results or Path("results") / "photos" / Path(args.input).resolve().name)
+    written = evaluation.write_photo_results(metrics, table, results)
+    print(evaluation.format_photo_metrics(metrics))
+    _note("wrote " + ", ".join(str(p) for p in written.values()))
+
+
+def model_module_path(model) -> Path:
+    from ferkit.model import resolve_model
+
+    return resolve_model(model)
+
+
 def cmd_evaluate(args) -> None:
-    from ferkit import evaluation, model as model_module, training
+    from ferkit import evaluation, model as model_module, photos, training
 
     model, meta = model_module.load_model(args.model)
+    if args.input and photos.is_photo_set(args.input):
+        return cmd_evaluate_photos(args, model, meta)
+    if args.labels or args.held_out is not None:
+        raise ValueError(f"{args.input or 'the dataset'}: --labels and --held-out are for labelled photo sets "
+                         "(class folders or a labels.csv), not FER-2013")
     dataset = _load(args)
     if args.pipeline:
         from ferkit import fidelity
@@ -296,7 +327,7 @@ def cmd_evaluate(args) -> None:
         if not histories[-1]:
             print(f"note: no {Path(folder) / 'history.csv'}, so no training curves from it")
     history = training.join_histories(histories)
-    files = evaluation.write_results(metrics, history, args.results,
+    files = evaluation.write_results(metrics, history, args.results or "results",
                                      extra={"model": str(args.model), "dataset": dataset.source,
                                             "training": meta.training})
     print(evaluation.format_metrics(metrics))
@@ -414,6 +445,19 @@ def _add_train_options(train, architecture: str, out: str, checkpoint_dir: str, 
     train.add_argument("--member", type=int, metavar="N",
                        help="with --init-weights/--finetune-from an average such as fer: start from its N-th "
                             "network, counted from 1 (default: the first of --architecture)")
+    train.add_argument("--photos", action="append", default=[], metavar="PHOTOS",
+                       help="also train on labelled photos (class folders or a labels.csv; repeatable): faces found "
+                            "and cut once as the pipeline cuts them; FRACTION of each class's people held out "
+                            "(--photos-held-out) and the best epoch chosen on PublicTest and their macro recall")
+    train.add_argument("--photos-weight", action="append", type=float, default=[], metavar="W",
+                       help="share of each epoch drawn from the matching --photos set (default: 0.3 split among "
+                            "the sets)")
+    train.add_argument("--photos-held-out", type=float, default=defaults.photos_held_out, metavar="FRACTION",
+                       help="share of each class's photos held out, by person, for validation")
+    train.add_argument("--photos-labels", action="append", metavar="THEIRS=OURS,...",
+                       help="map the photo sets' label names to the classes, e.g. happiness=happy")
+    train.add_argument("--epoch-size", type=int, metavar="N",
+                       help="with --photos: images drawn per epoch (default: the Training split's size)")
     train.add_argument("--average-last", type=int, default=defaults.average_last, metavar="N",
                        help="stochastic weight averaging: end the cosine decay N epochs early, hold the learning "
                             "rate at --average-learning-rate and average those N epochs' weights; the average "
@@ -507,13 +551,28 @@ def build_parser() -> argparse.ArgumentParser:
     distill.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser(
-        "evaluate", help="accuracy on PublicTest and PrivateTest, per-class scores, confusion matrix",
-        description="Evaluate a saved model on PublicTest and PrivateTest (with and without test-time "
+        "evaluate", help="accuracy on FER-2013's test splits, or on your own labelled photos",
+        description="FER-2013: evaluate a saved model on PublicTest and PrivateTest (with and without test-time "
                     "augmentation: flips and small shifts), print per-class precision/recall/F1 and write "
-                    "RESULTS/metrics.json, confusion_matrix.png and training_curves.png.")
-    evaluate.add_argument("input", nargs="?", help=_DATA_HELP)
+                    "RESULTS/metrics.json, confusion_matrix.png and training_curves.png. Labelled photos (a folder "
+                    "of class folders, or a labels.csv with file and label columns and optionally identity): the "
+                    "whole pipeline (find the face, crop, classify), per-class recall, macro recall, accuracy, "
+                    "faces found, 95%% intervals resampling people, a confusion matrix and a per-photo CSV.")
+    evaluate.add_argument("input", nargs="?", help=_DATA_HELP + "; or labelled photos (class folders or labels.csv)")
     _add_model_option(evaluate)
-    evaluate.add_argument("--results", default="results", help="output folder (default: results)")
+    evaluate.add_argument("--results", help="output folder (default: results, or results/photos/NAME for photos)")
+    evaluate.add_argument("--labels", action="append", metavar="THEIRS=OURS,...",
+                          help="photos: map the set's label names to the model's, e.g. happiness=happy,anger=angry; "
+                               "labels that map to no class are listed and left out")
+    evaluate.add_argument("--held-out", type=float, nargs="?", const=0.25, metavar="FRACTION",
+                          help="photos: evaluate only the people `train --photos` holds out for validation "
+                               "(FRACTION of each class, by person; default 0.25)")
+    evaluate.add_argument("--min-support", type=int, default=40, metavar="N",
+                          help="photos: classes with fewer than N photos are shown but left out of the macro recall "
+                               "(default: 40)")
+    evaluate.add_argument("--resamples", type=int, default=1000, metavar="N",
+                          help="photos: resamplings of people for the 95%% intervals (default: 1000; 0: none)")
+    evaluate.add_argument("--tta", action="store_true", help="photos: test-time augmentation, as predict --tta")
     evaluate.add_argument("--checkpoint-dir", action="append", metavar="DIR",
                           help=f"where training wrote history.csv, for the training curves (default: "
                                f"{DEFAULT_CHECKPOINT_DIR}); repeat it, in order, for a model trained in stages "
@@ -524,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "placed into larger frames, per condition, beside direct classification "
                                "(ferkit.fidelity; PublicTest to tune, PrivateTest to report)")
     evaluate.add_argument("--detector", default="yunet", choices=DETECTORS,
-                          help="face detector for --pipeline (default: yunet)")
+                          help="face detector for --pipeline and photos (default: yunet)")
     _add_reading_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -104,3 +104,120 @@ def write_results(metrics: dict, history: list[dict], results_dir: str | Path = 
         files["training_curves"] = results_dir / "training_curves.png"
         plots.close(plots.plot_training_curves(history, files["training_curves"]))
     return files
+
+
+# ----------------------------------------------------------------------------
+# Labelled photos: the whole pipeline (detect, crop, classify)
+
+#: Classes with fewer images than this are reported but left out of the macro recall (their recall is noise).
+MIN_SUPPORT = 40
+#: Rows of the per-photo table for a photo where no face was found.
+NO_FACE = "(no face)"
+
+
+def evaluate_photos(model, meta: ModelMeta, photos, crops, min_support: int = MIN_SUPPORT, tta: bool = False,
+                    resamples: int = 1000, seed: int = 0) -> tuple[dict, "pandas.DataFrame"]:
+    """Pipeline metrics on a labelled photo set (:mod:`ferkit.photos`): ``(metrics, per-photo table)``.
+
+    A photo whose face is not found counts as a miss for its class.
+    ``metrics``: accuracy, macro recall (mean recall over the classes with at
+    least ``min_support`` photos), faces found, per-class precision/recall/F1,
+    the confusion matrix (found faces only), and, where the set names the
+    person in each photo, 95% intervals for accuracy and macro recall from
+    ``resamples`` resamplings of people with replacement.
+    """
+    import pandas as pd
+
+    names = list(meta.class_names)
+    probabilities = np.zeros((len(photos), len(names)), np.float32)
+    if crops.found.any():
+        probabilities[crops.found] = predict_probabilities(model, crops.crops[crops.found], tta=tta)
+    predicted = np.where(crops.found, probabilities.argmax(1), -1)
+    matrix = confusion_matrix(photos.labels[crops.found], predicted[crops.found], len(names))
+    support = np.bincount(photos.labels, minlength=len(names))
+    counted = support >= min_support
+    correct = predicted == photos.labels
+    recall = np.array([correct[photos.labels == k].mean() if support[k] else np.nan for k in range(len(names))])
+    metrics = {
+        "source": photos.source, "photos": len(photos), "faces_found": float(crops.found.mean()),
+        "accuracy": float(correct.mean()),
+        "macro_recall": float(recall[counted].mean()) if counted.any() else None,
+        "macro_recall_classes": [n for n, c in zip(names, counted) if c], "min_support": min_support,
+        "per_class": {name: {**per_class_scores(matrix, names)[name], "recall": float(recall[k]) if support[k] else None,
+                             "support": int(support[k])} for k, name in enumerate(names)},
+        "class_names": names, "confusion_matrix": matrix.tolist(),
+        "confusion_matrix_normalized": (matrix / np.maximum(matrix.sum(1, keepdims=True), 1)).round(4).tolist(),
+        "unknown_labels": photos.unknown_labels, "tta": tta,
+    }
+    if photos.identities is not None and resamples:
+        metrics["intervals"] = identity_intervals(photos.identities, photos.labels, correct, counted, resamples, seed)
+        metrics["people"] = len(set(photos.identities))
+    table = pd.DataFrame({"file": [str(f) for f in photos.files], "label": [names[k] for k in photos.labels],
+                          "identity": photos.identities or [""] * len(photos), "face_found": crops.found,
+                          "x": crops.boxes[:, 0], "y": crops.boxes[:, 1], "width": crops.boxes[:, 2],
+                          "height": crops.boxes[:, 3], "detection_score": crops.scores,
+                          "predicted": [names[k] if k >= 0 else NO_FACE for k in predicted],
+                          "score": np.where(crops.found, probabilities.max(1), np.nan),
+                          **{f"p_{name}": np.where(crops.found, probabilities[:, k], np.nan)
+                             for k, name in enumerate(names)}})
+    return metrics, table
+
+
+def identity_intervals(identities, labels: np.ndarray, correct: np.ndarray, counted: np.ndarray, resamples: int,
+                       seed: int = 0) -> dict:
+    """95% percentile intervals of accuracy and macro recall, resampling people (not photos) with replacement.
+
+    Photos of one person are not independent; resampling whole people gives
+    intervals that say how much the figures would move on other people.
+    """
+    people, person = np.unique(np.asarray(identities), return_inverse=True)
+    k = len(counted)
+    # Per person: photos per class, and correct photos per class.
+    totals = np.zeros((len(people), k))
+    hits = np.zeros((len(people), k))
+    np.add.at(totals, (person, labels), 1)
+    np.add.at(hits, (person, labels), correct.astype(float))
+    draws = np.random.default_rng(seed).multinomial(len(people), np.full(len(people), 1 / len(people)), resamples)
+    total, hit = draws @ totals, draws @ hits  # (resamples, k)
+    accuracy = hit.sum(1) / total.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(total > 0, hit / total, np.nan)[:, counted]
+    macro = np.nanmean(recall, axis=1) if counted.any() else np.full(resamples, np.nan)
+    interval = lambda values: [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
+    return {"resamples": resamples, "accuracy": interval(accuracy), "macro_recall": interval(macro)}
+
+
+def format_photo_metrics(metrics: dict) -> str:
+    """The photo metrics as text: headline figures with intervals, then one line per class."""
+    intervals = metrics.get("intervals", {})
+    shown = lambda name: (f"{metrics[name]:.3f}" + (f" (95% {intervals[name][0]:.3f}-{intervals[name][1]:.3f}, "
+                                                     f"resampling {metrics['people']} people)"
+                                                     if name in intervals else "")) if metrics[name] is not None else "-"
+    lines = [f"{metrics['source']}: {metrics['photos']} photos, faces found {metrics['faces_found']:.1%}",
+             f"accuracy      {shown('accuracy')}",
+             f"macro recall  {shown('macro_recall')}  over {', '.join(metrics['macro_recall_classes']) or 'no class'}"
+             f" (classes with {metrics['min_support']}+ photos)",
+             "", f"{'class':<10} {'photos':>6} {'recall':>7} {'precision':>9}"]
+    for name, scores in metrics["per_class"].items():
+        recall = "-" if scores["recall"] is None else f"{scores['recall']:.3f}"
+        lines.append(f"{name:<10} {scores['support']:>6} {recall:>7} {scores['precision']:>9.3f}")
+    if metrics["unknown_labels"]:
+        lines.append("left out, not among the model's classes: " + ", ".join(
+            f"{label} ({count})" for label, count in sorted(metrics["unknown_labels"].items())) +
+            "; map them with --labels THEIRS=OURS")
+    return "\n".join(lines)
+
+
+def write_photo_results(metrics: dict, table, results_dir: str | Path) -> dict[str, Path]:
+    """metrics.json, photos.csv (one row per photo) and confusion_matrix.png into ``results_dir``."""
+    results_dir = Path(results_dir)
+    paths = {"metrics": results_dir / "metrics.json", "photos": results_dir / "photos.csv",
+             "confusion_matrix": results_dir / "confusion_matrix.png"}
+    write_text(paths["metrics"], json.dumps(metrics, indent=2) + "\n")
+    write_text(paths["photos"], table.to_csv(index=False, float_format="%.4f"))
+    macro = metrics["macro_recall"]
+    title = f"{Path(metrics['source']).name}: accuracy {metrics['accuracy']:.1%}" + (
+        f", macro recall {macro:.3f}" if macro is not None else "")
+    plots.close(plots.plot_confusion_matrix(metrics["confusion_matrix_normalized"], metrics["class_names"],
+                                            paths["confusion_matrix"], title))
+    return paths

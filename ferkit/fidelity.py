@@ -205,7 +205,9 @@ def _write_faces(path: Path, found: list) -> None:
 
 
 def _read_faces(path: Path) -> list:
-    with np.load(path) as stored:
+    from ferkit.files import require_regular_file
+
+    with np.load(require_regular_file(path, "detection cache")) as stored:
         return [face_module.Face(tuple(int(v) for v in box), float(score),
                                  None if np.isnan(points).any() else points)
                 if found else None

@@ -148,12 +148,8 @@ class Predictor:
         return predict_probabilities(self.model, crops, tta=self.tta, forward=self._forward)
 
     def crops(self, image_bgr: np.ndarray, found: list[face_module.Face]) -> np.ndarray:
-        gray = to_gray(image_bgr)
-        size = self.meta.input_size
-        meta = self.meta
-        return np.stack([face_module.crop_face(gray, f, size, meta.face_margin, meta.face_offset, self.align,
-                                               meta.face_low_contrast) for f in found]) \
-            if found else np.zeros((0, size, size), np.uint8)
+        """(N, S, S) uint8: each face of ``found`` cut from ``image_bgr`` by :func:`crop_faces`."""
+        return crop_faces(to_gray(image_bgr), found, self.meta, self.align)
 
     def predict(self, image, channel_order: str = "rgb", name: str | None = None,
                 upscale_search: bool | None = None, value_range: tuple[float, float] | None = None) -> ImagePrediction:
@@ -272,6 +268,16 @@ class Predictor:
         table = pd.DataFrame(rows, columns=columns)
         table.attrs["frames"] = index
         return table
+
+
+def crop_faces(gray: np.ndarray, found: list[face_module.Face], meta, align: bool) -> np.ndarray:
+    """(N, S, S) uint8: each face cut from a grayscale image with the model's crop settings (``meta``), the one
+    crop that prediction, the web page's tests and training on photos (:mod:`ferkit.photos`) share."""
+    size = meta.input_size
+    if not found:
+        return np.zeros((0, size, size), np.uint8)
+    return np.stack([face_module.crop_face(gray, f, size, meta.face_margin, meta.face_offset, align,
+                                           meta.face_low_contrast) for f in found])
 
 
 def _declared_frames(capture) -> int | None:

@@ -84,6 +84,17 @@ class TrainConfig:
     teacher: str | None = None
     teacher_weight: float = 0.7
     augmentation: Augmentation = field(default_factory=Augmentation)
+    #: Labelled photo sets (``ferkit.photos``) trained on beside FER-2013: their faces are found and cut once,
+    #: as the model's pipeline cuts them. ``photos_weight[i]`` is the share of each epoch drawn from set i (its
+    #: classes balanced by the square root of their counts); ``photos_held_out`` of each class's photos, whole
+    #: people at a time, is kept back for validation, and the best epoch is chosen on the mean of PublicTest
+    #: accuracy and the held-out photos' macro recall.
+    photos: list[str] = field(default_factory=list)
+    photos_weight: list[float] = field(default_factory=list)
+    photos_held_out: float = 0.25
+    photos_labels: dict = field(default_factory=dict)
+    #: Images drawn per epoch when photos are mixed in (default: as many as the Training split holds).
+    epoch_size: int | None = None
 
     def second_stage(self, init_weights: str | Path, epochs: int | None = None) -> "TrainConfig":
         """A further training stage after this one, as in the CPU recipe of the shipped model's networks.
@@ -173,7 +184,8 @@ def augment_batch(images: np.ndarray, augmentation: Augmentation, rng: np.random
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, *,
                  training: bool, augmentation: Augmentation | None = None, seed: int = 0, first_epoch: int = 0,
-                 targets: np.ndarray | None = None):
+                 targets: np.ndarray | None = None, weights: np.ndarray | None = None,
+                 epoch_size: int | None = None):
     """Batches of ((B, 48, 48, 1) float32 0-255, (B, num_classes) float32 one-hot), as a ``keras.utils.PyDataset``.
 
     ``targets`` ((N, num_classes) float32, rows summing to 1) replaces the
@@ -182,13 +194,19 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
     With ``training`` the images are reshuffled every epoch (dropping the last
     partial batch) and augmented; batch ``i`` of epoch ``e`` depends only on
     ``(seed, e, i)``, so a run resumed at ``first_epoch`` sees the batches the
-    uninterrupted run would have. Any Keras backend consumes it.
+    uninterrupted run would have. With ``weights`` ((N,), any scale) each
+    epoch instead draws ``epoch_size`` images (default N) with replacement,
+    image i with probability proportional to ``weights[i]``: how datasets are
+    mixed. Any Keras backend consumes it.
     """
     import keras
 
     x = to_model_input(images)
     y = np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)] if targets is None \
         else np.asarray(targets, np.float32)
+
+    drawn = len(x) if weights is None or not epoch_size else epoch_size
+    p = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -197,16 +215,17 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
             self._order_epoch, self._order = None, None
 
         def order(self):
-            """This epoch's shuffle of the image indices, drawn once per epoch."""
+            """This epoch's shuffle (or weighted draw) of the image indices, made once per epoch."""
             if self._order_epoch != self.epoch:
-                self._order = np.random.default_rng((seed, self.epoch)).permutation(len(x))
+                rng = np.random.default_rng((seed, self.epoch))
+                self._order = rng.permutation(len(x)) if p is None else rng.choice(len(x), drawn, p=p)
                 self._order_epoch = self.epoch
             return self._order
 
         def __len__(self):
-            if training and len(x) >= batch_size:
-                return len(x) // batch_size
-            return math.ceil(len(x) / batch_size)
+            if training and drawn >= batch_size:
+                return drawn // batch_size
+            return math.ceil((drawn if training else len(x)) / batch_size)
 
         def __getitem__(self, index):
             if not training:
@@ -337,10 +356,13 @@ def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
 
 
 def read_history(path: Path) -> list[dict]:
-    if not path.exists():
+    """The per-epoch rows of a training run's history.csv ([] if there is none)."""
+    from ferkit import files
+
+    if not path.exists() and not path.is_symlink():
         return []
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    text = files.read_text(path, "training history", 64 * 2**20)
+    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(text.splitlines())]
 
 
 def join_histories(histories: list[list[dict]]) -> list[dict]:
@@ -401,19 +423,24 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     log_path = checkpoint_dir / "history.csv"
     previous = read_history(log_path)
     targets = teacher_targets(config, train_split, checkpoint_dir) if config.teacher else None
-    train_ds = make_dataset(train_split.images, train_split.labels, num_classes, batch_size, training=True,
-                            augmentation=config.augmentation, seed=config.seed, first_epoch=len(previous),
-                            targets=targets)
+    crops = crop_settings(config.teacher, train_split)
+    mix = photo_mix(config, data.class_names, crops, train_split, checkpoint_dir) if config.photos else None
+    train_ds = make_dataset(mix.images if mix else train_split.images, mix.labels if mix else train_split.labels,
+                            num_classes, batch_size, training=True, augmentation=config.augmentation,
+                            seed=config.seed, first_epoch=len(previous), targets=targets,
+                            weights=mix.weights if mix else None, epoch_size=config.epoch_size)
     val_ds = make_dataset(val_split.images, val_split.labels, num_classes, 256, training=False)
     best_path = checkpoint_dir / "best.weights.h5"
+    monitor = "val_selection" if mix else "val_accuracy"
     threshold = None
     callbacks = [
+        *([mix.validation] if mix else []),  # first: it adds the photo scores the others read
         # Saves weights, optimizer and epoch after every epoch; restores them on the next run.
         keras.callbacks.BackupAndRestore(str(checkpoint_dir / "backup"), save_freq="epoch", delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(
-            str(best_path), monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True,
+            str(best_path), monitor=monitor, mode="max", save_best_only=True, save_weights_only=True,
             # After a resume, only an epoch better than every earlier one may replace the best file.
-            initial_value_threshold=max((r["val_accuracy"] for r in previous), default=None)),
+            initial_value_threshold=max((r[monitor] for r in previous), default=None)),
         EpochTimer(),  # before the logger, which then records epoch_seconds
         keras.callbacks.CSVLogger(str(log_path), append=True),
     ]
@@ -441,15 +468,17 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     history = read_history(log_path)
     if best_path.exists():
         model.load_weights(str(best_path))
-    best = max(history, key=lambda r: r["val_accuracy"]) if history else {"epoch": -1, "val_accuracy": float("nan")}
+    best = max(history, key=lambda r: r[monitor]) if history else {"epoch": -1, "val_accuracy": float("nan")}
     averaged = None
     if averager is not None and averager.epochs:
         model, averaged = _choose_average(model, averager, config.architecture, num_classes, train_ds, val_split)
     meta = ModelMeta(class_names=list(data.class_names), architecture=config.architecture,
-                     label_map=dict(data.label_map), **crop_settings(config.teacher, train_split),
+                     label_map=dict(data.label_map), **crops,
                      training={"config": asdict(config), "dataset": data.source, "precision": policy,
                                "best_epoch": int(best["epoch"]) + 1, "epochs_run": len(history),
                                "best_public_test_accuracy": best["val_accuracy"],
+                               **({"best_photos_macro_recall": best["val_photos_macro_recall"],
+                                   "photos": mix.description} if mix else {}),
                                "threshold_stop_epoch": threshold.stopped_epoch if threshold else None,
                                "hardware": _hardware(),
                                "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in history), 1),
@@ -462,6 +491,57 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
                        best_val_accuracy=best["val_accuracy"],
                        threshold_epoch=threshold.stopped_epoch if threshold else None,
                        wall_seconds=wall, files=files, averaged=averaged)
+
+
+class PhotoMix(NamedTuple):
+    """FER-2013's Training images and labelled photos' face crops as one training set with sampling weights."""
+
+    images: np.ndarray  # (N, S, S) uint8
+    labels: np.ndarray  # (N,) int
+    weights: np.ndarray  # (N,) sampling weight of each image
+    validation: object  # the PhotoValidation callback on the held-out people
+    description: list  # per photo set: path, weight, photos trained on and held out, faces found
+
+
+def photo_mix(config: TrainConfig, class_names, crops: dict, train_split: FerDataset, checkpoint_dir: Path) -> PhotoMix:
+    """Read ``config.photos``, hold out people for validation, cut every face once (cached in ``checkpoint_dir``)
+    with the crop settings the model will carry, and weight each set to its share of an epoch."""
+    from ferkit import photos as photo_module
+    from ferkit.callbacks import PhotoValidation
+
+    if config.teacher:
+        raise ValueError("--photos with a teacher (distill) is not supported yet: fine-tune the distilled model with "
+                         "`train --init-weights MODEL --photos ...` instead")
+    weights = list(config.photos_weight) or [0.3 / len(config.photos)] * len(config.photos)
+    if len(weights) != len(config.photos) or not all(0 < w for w in weights) or sum(weights) >= 1:
+        raise ValueError(f"--photos-weight {weights}: give one share per --photos set, each above 0, together "
+                         "below 1 (the rest of each epoch is FER-2013)")
+    crop_meta = ModelMeta(class_names=list(class_names), **crops)
+    images, labels = [train_split.images], [train_split.labels]
+    sample_weights = [np.full(len(train_split), (1 - sum(weights)) / len(train_split))]
+    held_images, held_labels, held_found, description = [], [], [], []
+    for path, share in zip(config.photos, weights):
+        photo_set = photo_module.read_photo_set(path, list(class_names), config.photos_labels)
+        rest, held = photo_set.split_by_identity(config.photos_held_out)
+        rest_crops = photo_module.crop_photos(rest, crop_meta, cache_dir=checkpoint_dir / "photo_crops")
+        held_crops = photo_module.crop_photos(held, crop_meta, cache_dir=checkpoint_dir / "photo_crops")
+        found = rest_crops.found
+        counts = np.bincount(rest.labels[found], minlength=len(class_names))
+        # Classes balanced by the square root of their counts: rare ones drawn more often, not as often as common.
+        per_photo = 1 / np.sqrt(np.maximum(counts, 1))[rest.labels[found]]
+        images.append(rest_crops.crops[found])
+        labels.append(rest.labels[found])
+        sample_weights.append(share * per_photo / per_photo.sum())
+        held_images.append(held_crops.crops)
+        held_labels.append(held.labels)
+        held_found.append(held_crops.found)
+        description.append({"path": str(path), "weight": share, "trained_on": int(found.sum()),
+                            "held_out": len(held), "faces_found": float(np.mean(np.r_[found, held_crops.found])),
+                            "held_out_fraction": config.photos_held_out})
+    validation = PhotoValidation(np.concatenate(held_images), np.concatenate(held_labels),
+                                 np.concatenate(held_found), len(class_names))
+    return PhotoMix(np.concatenate(images), np.concatenate(labels), np.concatenate(sample_weights), validation,
+                    description)
 
 
 def crop_settings(teacher: str | None = None, train_split: FerDataset | None = None) -> dict:
@@ -493,7 +573,7 @@ def teacher_targets(config: TrainConfig, train_split: FerDataset, checkpoint_dir
 
     cache = checkpoint_dir / "teacher.npz"
     if cache.exists():
-        with np.load(cache) as stored:
+        with np.load(files.require_regular_file(cache, "teacher cache")) as stored:
             probabilities, cached_teacher = stored["probabilities"], str(stored["teacher"])
         if cached_teacher != str(config.teacher):
             raise ValueError(f"{cache}: holds the outputs of teacher {cached_teacher}, not {config.teacher}; "

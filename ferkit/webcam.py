@@ -117,9 +117,11 @@ def _video_frames(path: Path, limit: int | None = None) -> list[np.ndarray]:
 
     from ferkit.images import IMAGE_SUFFIXES
 
+    from ferkit.files import require_regular_file
+
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return []
-    capture = cv2.VideoCapture(str(path))
+    capture = cv2.VideoCapture(str(require_regular_file(path, "camera stand-in file")))
     frames = []
     while limit is None or len(frames) < limit:
         ok, frame = capture.read()

@@ -151,3 +151,198 @@ def test_csv_and_npz_round_trip_exactly(tmp_path_factory, n, seed):
         np.testing.assert_array_equal(again.images, dataset.images, err_msg=written.name)
         np.testing.assert_array_equal(again.labels, dataset.labels, err_msg=written.name)
         np.testing.assert_array_equal(again.splits, dataset.splits, err_msg=written.name)
+
+
+# ---------------------------------------------------------------------------- the web server's API
+
+#: Host headers ``fuzz_app`` answers to; every generated foreign one starts with "h", which none of these does.
+OWN_HOSTS = ["testserver", "127.0.0.1:8000", "localhost", "[::1]:8000", "TestServer:80"]
+FOREIGN_ORIGINS = ["http://evil.example", "null", "", "http://testserver.evil.example", "https://testserver",
+                   "http://testserver:8080", "http://127.0.0.1:9999", "file://", "http://[::1"]
+#: Header values as a client may send them: any Latin-1 character, control characters included.
+latin1 = st.text(st.characters(max_codepoint=255), max_size=150)
+
+
+@st.composite
+def http_requests(draw):
+    """(method, path, headers, body, whether the Host is foreign, whether it is a cross-site state change).
+
+    Half come as the page or curl would send them (own host, own origin or none), so that uploads get through;
+    the other half pick each of Host, Origin, Referer and Sec-Fetch-Site from own, foreign and junk values."""
+    hostile = draw(st.booleans())
+    foreign_host = hostile and draw(st.booleans())
+    host = (draw(st.from_regex(r"h[a-z0-9.\-]{0,30}(:[0-9]{1,5})?", fullmatch=True)) if foreign_host
+            else draw(st.sampled_from(OWN_HOSTS)))
+    headers = {"Host": host}
+    method = draw(st.sampled_from(["POST", "GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"]))
+    crossing = False
+    for name, own in (("Origin", f"http://{host}"), ("Referer", f"http://{host}/index.html")):
+        kind = draw(st.sampled_from(["absent", "own", "foreign", "junk"] if hostile else ["absent", "own"]))
+        if kind != "absent":
+            headers[name] = {"own": own, "foreign": draw(st.sampled_from(FOREIGN_ORIGINS)),
+                             "junk": "x" + draw(latin1)}[kind]
+            crossing = crossing or (kind != "own" and (name == "Origin" or "Origin" not in headers))
+    site = draw(st.sampled_from([None, "same-origin", "none"] + (["cross-site", "same-site"] if hostile else [])))
+    if site:
+        headers["Sec-Fetch-Site"] = site
+        crossing = crossing or site in ("cross-site", "same-site")
+    if draw(st.booleans()):
+        headers["X-Filename"] = draw(st.one_of(latin1, st.sampled_from(["../../x.mp4", "a" * 300 + ".webm",
+                                                                         "x." + "a" * 298, "%00%2F..%2Fx", ".."])))
+    head = draw(st.sampled_from([b"\x1aE\xdf\xa3", b"\0\0\0\0ftypmp42", b"\0" * 8 + b"AVI ", b""]))  # video or not
+    body = head + draw(st.binary(max_size=3000))
+    length = draw(st.sampled_from([None, None, "more", "less", "junk", "-1"]))
+    if length:
+        headers["Content-Length"] = {"more": str(len(body) + 1000), "less": str(len(body) // 2), "junk": "12x",
+                                     "-1": "-1"}[length]
+    job = draw(st.text("0123456789abcdef./%", max_size=14))
+    paths = ["/api/videos", f"/api/videos/{job}", f"/api/videos/{job}/faces.csv", "/models/index.json", "/",
+             "/api/health"]
+    path = "/api/videos" if method == "POST" and draw(st.booleans()) else draw(st.sampled_from(paths))
+    return method, path, headers, body, foreign_host, crossing and method in ("POST", "PUT", "PATCH", "DELETE")
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(tmp_path_factory):
+    """One app for all examples, on stand-in models and video pipeline, with small limits so that they are met."""
+    pytest.importorskip("starlette")
+    from test_server_security import fake_app  # tests/ is on sys.path
+
+    with fake_app(tmp_path_factory.mktemp("fuzz_server"), max_upload_bytes=400, max_work_bytes=1500,
+                  max_waiting_jobs=2, job_ttl_seconds=0.5) as (client, app):
+        yield client, app
+
+
+@FUZZ
+@given(http_requests())
+def test_the_server_answers_any_request_with_a_reason_and_leaves_no_upload(fuzz_app, request_):
+    client, app = fuzz_app
+    method, path, headers, body, foreign_host, crossing = request_
+    reply = client.request(method, path, content=body, follow_redirects=False,
+                           headers={k: v.encode("latin-1") for k, v in headers.items()})
+    hypothesis.event(f"{method} {reply.status_code}")
+    assert reply.status_code < 500, (reply.status_code, reply.text)
+    uploads = app.state.work / "uploads"
+    assert not uploads.exists() or not list(uploads.iterdir())
+    if foreign_host:
+        assert reply.status_code == 400, reply.text
+    elif crossing:
+        assert reply.status_code == 403, reply.text
+
+
+# ---------------------------------------------------------------- model metadata and pixel arrays
+
+@FUZZ
+@given(names=st.lists(st.text(min_size=0, max_size=60), min_size=0, max_size=9),
+       architecture=st.one_of(st.text(max_size=80), st.integers(), st.none()))
+def test_model_metadata_strings_are_short_printable_text_or_a_model_error(tmp_path_factory, names, architecture):
+    import json
+
+    from ferkit.model import ModelError, ModelMeta
+
+    path = tmp_path_factory.mktemp("meta") / "m.meta.json"
+    path.write_text(json.dumps({"class_names": names, "architecture": architecture}))
+    try:
+        meta = ModelMeta.read(path)
+    except ModelError as error:
+        assert str(error).startswith(f"{path}: ")
+        return
+    assert 2 <= len(meta.class_names) == len(set(meta.class_names))
+    assert all(0 < len(n) <= 40 and n.isprintable() and not n.isspace() for n in meta.class_names)
+    assert isinstance(meta.architecture, str) and meta.architecture.isprintable()
+
+
+#: How a uint8 image may arrive from another library: each is read back as the same image by the documented rule.
+REPRESENTATIONS = {
+    "uint8": lambda u, noise: u,
+    "uint16 holding 0-255": lambda u, noise: u.astype(np.uint16),
+    "uint16 16-bit": lambda u, noise: u.astype(np.uint16) * 257,
+    "int32 holding 0-255": lambda u, noise: u.astype(np.int32),
+    "float 0-1": lambda u, noise: np.clip(u / 255.0 + noise, -1e-3, 1 + 1e-3),
+    "float32 0-1": lambda u, noise: (u / 255.0).astype(np.float32),
+    "float 0-255": lambda u, noise: u.astype(np.float64) + noise,
+    "bool": lambda u, noise: u > 127,
+}
+
+
+@FUZZ
+@given(kind=st.sampled_from(sorted(REPRESENTATIONS)), seed=st.integers(0, 2**16), shape=st.sampled_from(
+    [(5, 7), (5, 7, 3), (5, 7, 4), (1, 1), (9, 3, 1)]), brightest=st.integers(2, 255))
+def test_pixel_arrays_of_every_documented_kind_read_as_their_uint8_image(kind, seed, shape, brightest):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, brightest + 1, shape).astype(np.uint8)
+    image.flat[0] = brightest  # the range is reached, as the rule reads it from the values
+    noise = rng.uniform(-1e-4, 1e-4, shape)
+    loaded = load_image(REPRESENTATIONS[kind](image, noise), "bgr")
+    expected = load_image((image > 127).astype(np.uint8) * 255 if kind == "bool" else image, "bgr")
+    assert loaded.dtype == np.uint8 and loaded.shape == expected.shape
+    assert np.abs(loaded.astype(int) - expected).max() <= 1
+
+
+@FUZZ
+@given(dtype=st.sampled_from(["int8", "int16", "int32", "int64", "uint16", "uint32", "float16", "float32",
+                              "float64"]),
+       low=st.floats(-1e6, 1e6), span=st.floats(0, 1e6), seed=st.integers(0, 2**16))
+def test_arrays_of_any_range_are_read_or_refused_by_name(dtype, low, span, seed):
+    values = np.random.default_rng(seed).uniform(low, low + span, (6, 6))
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = values.astype(dtype)
+    try:
+        loaded = load_image(array, name="the array")
+    except ImageError as error:
+        assert str(error).startswith("the array: ")
+        return
+    assert loaded.dtype == np.uint8 and loaded.shape == (6, 6, 3)
+    if np.issubdtype(array.dtype, np.floating) and array.max() <= 1:  # read as 0-1: brighter values stay brighter
+        order = np.argsort(array.ravel(), kind="stable")
+        assert (np.diff(loaded[:, :, 0].ravel()[order].astype(int)) >= 0).all()
+
+
+def _npy(descr, shape, fortran_order, payload):
+    """A .npy file with an arbitrary header (what np.save would never write) followed by ``payload``."""
+    header = repr({"descr": descr, "fortran_order": fortran_order, "shape": shape}).encode("latin1")
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + payload
+
+
+npy_descrs = st.sampled_from(["|u1", "<i8", ">i4", "|b1", "<f4", "<U7", "<U0", "|S3", "|V0", "|O", "<c16",
+                              [("a", "<i4")], [("a", "|O")], ("|u1", (1000, 1000))])
+npy_shapes = st.lists(st.one_of(st.integers(0, 4), st.just(48), st.integers(0, 10**9), st.integers(-3, -1)),
+                      max_size=4).map(tuple)
+hostile_npy = st.builds(_npy, npy_descrs, npy_shapes, st.booleans(), st.binary(max_size=3000))
+
+
+@FUZZ
+@given(members=st.dictionaries(st.sampled_from(["images", "labels", "splits", "class_names"]), hostile_npy),
+       cut=st.one_of(st.none(), st.floats(0, 1)))
+def test_hostile_npz_headers_give_a_dataset_or_a_dataset_error_within_bounded_memory(tmp_path_factory, members, cut):
+    import io
+    import tracemalloc
+
+    arrays = {"images": np.full((3, 48, 48), 120, np.uint8), "labels": np.array([0, 3, 6]),
+              "splits": np.array([0, 1, 2]), "class_names": np.array(data.CLASS_NAMES)}
+    path = tmp_path_factory.mktemp("npz") / "fuzz.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, array in arrays.items():
+            if name not in members:
+                buffer = io.BytesIO()
+                np.save(buffer, array)
+                members[name] = buffer.getvalue()
+            archive.writestr(f"{name}.npy", members[name])
+    if cut is not None:  # truncated data: a download or copy cut short
+        path.write_bytes(path.read_bytes()[: int(cut * path.stat().st_size)])
+    tracemalloc.start()
+    try:
+        dataset = data.load_fer2013(path, progress=False)
+    except data.DatasetError as error:
+        assert str(path) in str(error)
+        dataset = None
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    # Shapes up to 10^9 per dimension are declared: nothing may be allocated for them unread.
+    assert peak < 4 * 2**20 + 10 * path.stat().st_size, f"{peak / 2**20:.0f} MiB for a {path.stat().st_size}-byte file"
+    if dataset is not None:
+        assert dataset.images.dtype == np.uint8 and dataset.images.shape[1:] == (48, 48)
+        assert len(dataset.images) == len(dataset.labels) == len(dataset.splits) > 0
+        assert dataset.labels.max() < len(data.CLASS_NAMES) and dataset.splits.max() < len(data.SPLITS)
