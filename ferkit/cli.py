@@ -174,7 +174,7 @@ def cmd_predict(args) -> int:
     if target.is_dir():
         results, passed = [], []
         for path, result in predict_folder(predictor, target, out, recursive=args.recursive,
-                                           overwrite=args.overwrite):
+                                           overwrite=args.overwrite, progress=not args.no_progress):
             if isinstance(result, str):
                 _note(f"skipped: {result}" if str(path) in result else f"skipped: {path}: {result}")
                 passed.append((path, result))
@@ -382,7 +382,9 @@ def cmd_export(args) -> None:
 def cmd_serve(args) -> None:
     from ferkit.server import serve
 
-    serve(args.host, args.port, args.model, open_browser=not args.no_browser)
+    serve(args.host, args.port, args.model, open_browser=not args.no_browser,
+          max_upload_bytes=int(args.max_upload_mib * 2**20), max_waiting_jobs=args.max_waiting_jobs,
+          max_work_bytes=int(args.max_disk_gib * 2**30), job_ttl_seconds=args.job_ttl_minutes * 60)
 
 
 def cmd_export_web(args) -> None:
@@ -652,6 +654,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", action="append", metavar="MODEL",
                        help="a model to offer (repeatable; default: fer, and fer_lite where it exists)")
     serve.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    from ferkit import server
+
+    limits = serve.add_argument_group("limits of the Video view (docs/web-app.md, \"Threat model\")")
+    limits.add_argument("--max-upload-mib", type=float, default=server.MAX_UPLOAD_BYTES / 2**20, metavar="MIB",
+                        help="largest video accepted (default: %(default)g)")
+    limits.add_argument("--max-waiting-jobs", type=int, default=server.MAX_WAITING_JOBS, metavar="N",
+                        help="videos that may wait behind the one being annotated; more get 429 (default: %(default)s)")
+    limits.add_argument("--max-disk-gib", type=float, default=server.MAX_WORK_BYTES / 2**30, metavar="GIB",
+                        help="disk the uploads and results may take together (default: %(default)g)")
+    limits.add_argument("--job-ttl-minutes", type=float, default=server.JOB_TTL_SECONDS / 60, metavar="MIN",
+                        help="finished videos and their results are removed after this long (default: %(default)g)")
     serve.set_defaults(func=cmd_serve)
 
     export_web = commands.add_parser(

@@ -226,9 +226,9 @@ def crop_photos(photos: PhotoSet, meta, detector: str = "yunet", align: bool | N
     size = meta.input_size
     result = PhotoCrops(np.zeros((len(photos), size, size), np.uint8), np.zeros(len(photos), bool),
                         np.zeros((len(photos), 4), np.int32), np.zeros(len(photos), np.float32))
-    from tqdm.auto import tqdm
+    from ferkit.progress import progress as report
 
-    for index, path in enumerate(tqdm(photos.files, desc="finding faces", unit="photo", disable=not progress)):
+    for index, path in enumerate(report(photos.files, "finding faces", unit="photo", enabled=progress)):
         try:
             image = load_image(path)
         except ImageError as error:

@@ -22,6 +22,7 @@ import numpy as np
 from ferkit import faces as face_module
 from ferkit.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageError, load_image, to_gray
 from ferkit.model import load_model, predict_probabilities, traced_forward
+from ferkit.progress import progress as report
 
 if TYPE_CHECKING:  # only named in annotations: pandas is imported where a table is made
     import pandas
@@ -220,18 +221,10 @@ class Predictor:
         index = 0
         with contextlib.ExitStack() as cleanup:  # unwound last-in first-out: the writer closes before the rename
             cleanup.callback(capture.release)
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=total, desc=f"video {Path(source).name}", unit="frame")
-                cleanup.callback(bar.close)
             writer = None
             clock = _FrameClock(capture, fps)
-            while True:
-                ok, frame = capture.read()
-                if not ok:
-                    break
+            frames = report(_frames(capture), f"video {Path(source).name}", total, "frame", enabled=progress)
+            for frame in frames:
                 seconds = clock.seconds()
                 if index % max(1, stride) == 0:
                     found = face_module.detect_faces(frame, self.detector, self.min_face_score)
@@ -255,8 +248,6 @@ class Predictor:
                 if max_frames is not None and index > max_frames:
                     raise ImageError(f"{source}: more than {max_frames} frames; pass max_frames= "
                                      "(or --max-frames) to allow it, or cut the video")
-                if bar is not None:
-                    bar.update(1)
                 if on_progress is not None:
                     on_progress(index, total)
             if index == 0:
@@ -278,6 +269,15 @@ def crop_faces(gray: np.ndarray, found: list[face_module.Face], meta, align: boo
         return np.zeros((0, size, size), np.uint8)
     return np.stack([face_module.crop_face(gray, f, size, meta.face_margin, meta.face_offset, align,
                                            meta.face_low_contrast) for f in found])
+
+
+def _frames(capture):
+    """The frames of an open ``cv2.VideoCapture``, in order, until one cannot be read."""
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return
+        yield frame
 
 
 def _declared_frames(capture) -> int | None:
@@ -455,7 +455,7 @@ def annotated_path(image: Path, folder: Path, out_dir: Path) -> Path:
 
 
 def predict_folder(predictor: Predictor, folder: str | Path, out_dir: str | Path | None = None,
-                   recursive: bool = False, overwrite: bool = False):
+                   recursive: bool = False, overwrite: bool = False, progress: bool = False):
     """Predict every image in ``folder`` (sorted); yields ``(path, ImagePrediction or error message)``.
 
     A file that cannot be read (or annotated) gives its message and the run
@@ -465,7 +465,8 @@ def predict_folder(predictor: Predictor, folder: str | Path, out_dir: str | Path
     never replaces a file it did not write (:class:`ferkit.files.OutputLedger`;
     ``overwrite`` allows it, except for this run's own inputs) and never reads
     its own outputs: ``out_dir`` inside ``folder`` and earlier annotated
-    copies are left out of the inputs.
+    copies are left out of the inputs. ``progress`` reports on stderr
+    (:func:`ferkit.progress.progress`).
     """
     from ferkit.files import OutputError, OutputLedger
     from ferkit.images import save_image
@@ -480,7 +481,7 @@ def predict_folder(predictor: Predictor, folder: str | Path, out_dir: str | Path
     images, passed = folder_images(folder, recursive, leave_out)
     inputs = {os.path.realpath(path) for path in images}
     yield from passed
-    for path in images:
+    for path in report(images, f"photos in {folder}", unit="image", enabled=progress):
         try:
             target = annotated_path(path, folder, Path(out_dir)) if ledger is not None else None
             if target is not None:  # checked before the work, which would be lost

@@ -93,6 +93,8 @@ class TrainConfig:
     photos_weight: list[float] = field(default_factory=list)
     photos_held_out: float = 0.25
     photos_labels: dict = field(default_factory=dict)
+    #: The held-out macro recall averages the classes with at least this many held-out photos.
+    photos_min_support: int = 40
     #: Images drawn per epoch when photos are mixed in (default: as many as the Training split holds).
     epoch_size: int | None = None
 
@@ -539,7 +541,7 @@ def photo_mix(config: TrainConfig, class_names, crops: dict, train_split: FerDat
                             "held_out": len(held), "faces_found": float(np.mean(np.r_[found, held_crops.found])),
                             "held_out_fraction": config.photos_held_out})
     validation = PhotoValidation(np.concatenate(held_images), np.concatenate(held_labels),
-                                 np.concatenate(held_found), len(class_names))
+                                 np.concatenate(held_found), len(class_names), config.photos_min_support)
     return PhotoMix(np.concatenate(images), np.concatenate(labels), np.concatenate(sample_weights), validation,
                     description)
 

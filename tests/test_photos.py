@@ -1,0 +1,175 @@
+"""Labelled photos: reading a set, splitting it by person, evaluating the pipeline on it, training with it."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ferkit import evaluation, photos, training
+from ferkit.cli import main
+from ferkit.data import CLASS_NAMES
+from ferkit.images import sample_image
+
+REAL_FACES = Path(__file__).resolve().parents[2] / "shared" / "real_faces"
+
+
+def write_photo_set(folder: Path, people: int = 6, per_person: int = 2, with_csv: bool = True) -> Path:
+    """Photos of the sample face (varied so no two are equal), labelled happy, sad or neutral, by ``people`` people."""
+    face = sample_image()[0:380, 60:440]
+    rows = []
+    for person in range(people):
+        for shot in range(per_person):
+            label = ("happy", "sad", "neutral")[(person + shot) % 3]
+            image = cv2.convertScaleAbs(cv2.resize(face, (160 + 8 * shot, 160 + 8 * shot)), alpha=1.0,
+                                        beta=5 * person)
+            relative = f"{label}/person{person}_{shot}.jpg"
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / relative), image)
+            rows.append({"file": relative, "label": label, "identity": f"person{person}"})
+    if with_csv:
+        with open(folder / "labels.csv", "w", newline="") as out:
+            writer = csv.DictWriter(out, ["file", "label", "identity"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return folder
+
+
+def test_a_labels_csv_and_class_folders_give_the_same_photos(tmp_path):
+    write_photo_set(tmp_path / "set")
+    from_csv = photos.read_photo_set(tmp_path / "set", list(CLASS_NAMES))
+    (tmp_path / "set" / "labels.csv").rename(tmp_path / "labels.csv.bak")
+    from_folders = photos.read_photo_set(tmp_path / "set", list(CLASS_NAMES))
+    assert sorted(map(str, from_csv.files)) == sorted(map(str, from_folders.files))
+    assert len(from_csv) == 12 and set(from_csv.identities) == {f"person{i}" for i in range(6)}
+    assert from_folders.identities is None
+    by_file = dict(zip(map(str, from_folders.files), from_folders.labels))
+    assert all(by_file[str(f)] == label for f, label in zip(from_csv.files, from_csv.labels))
+
+
+def test_label_names_are_mapped_and_unknown_ones_listed_not_guessed(tmp_path):
+    folder = tmp_path / "set"
+    for name in ("happiness", "contempt", "sad"):
+        (folder / name).mkdir(parents=True)
+        cv2.imwrite(str(folder / name / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    mapping = photos.parse_label_map(["happiness=happy"])
+    found = photos.read_photo_set(folder, list(CLASS_NAMES), mapping)
+    assert sorted(CLASS_NAMES[k] for k in found.labels) == ["happy", "sad"]
+    assert found.unknown_labels == {"contempt": 1}
+    with pytest.raises(photos.PhotoSetError, match="maps to joy, not among the model's classes"):
+        photos.read_photo_set(folder, list(CLASS_NAMES), {"happiness": "joy"})
+    with pytest.raises(photos.PhotoSetError, match="expected THEIRS=OURS"):
+        photos.parse_label_map("happiness")
+
+
+@pytest.mark.parametrize("row, problem", [("../outside.jpg,happy,a", "leaves the labels file's folder"),
+                                          ("gone.jpg,happy,a", "gone.jpg: listed in"),
+                                          (",happy,a", "line 2: empty file or label")])
+def test_bad_labels_csv_rows_are_named(tmp_path, row, problem):
+    (tmp_path / "labels.csv").write_text("file,label,identity\n" + row + "\n")
+    with pytest.raises(photos.PhotoSetError, match=problem):
+        photos.read_photo_set(tmp_path, list(CLASS_NAMES))
+
+
+def test_the_split_by_person_keeps_people_whole_and_each_class_near_its_share():
+    rng = np.random.default_rng(0)
+    people = [f"p{i}" for i in range(400)]
+    identities, labels = [], []
+    for person in people:  # most people happy or neutral; a rare class carried by two people, as real sets are
+        for _ in range(rng.integers(1, 6)):
+            identities.append(person)
+            labels.append(int(rng.choice([3, 6])))
+    for carrier, count in (("actor_a", 60), ("actor_b", 30)):
+        identities += [carrier] * count
+        labels += [1] * count  # disgust
+    photo_set = photos.PhotoSet("made up", [Path(f"{i}.jpg") for i in range(len(labels))], np.array(labels),
+                                list(CLASS_NAMES), identities)
+    rest, held = photo_set.split_by_identity(0.25)
+    assert not set(rest.identities) & set(held.identities)
+    assert len(rest) + len(held) == len(photo_set)
+    for k in (1, 3, 6):  # each class near a quarter held out, the rare one included
+        share = (held.labels == k).sum() / (photo_set.labels == k).sum()
+        assert 0.15 < share < 0.4, (CLASS_NAMES[k], share)
+    again = photo_set.split_by_identity(0.25)[1]
+    assert held.files == again.files  # the same set always splits the same way
+
+
+def test_people_resampling_widens_with_disagreeing_people():
+    identities = ["a"] * 10 + ["b"] * 10
+    labels = np.zeros(20, int)
+    counted = np.zeros(7, bool)
+    counted[0] = True
+    agree = evaluation.identity_intervals(identities, labels, np.ones(20, bool), counted, 500)
+    assert agree["accuracy"] == [1.0, 1.0] and agree["macro_recall"] == [1.0, 1.0]
+    split = evaluation.identity_intervals(identities, labels, np.r_[np.ones(10, bool), np.zeros(10, bool)],
+                                          counted, 500)
+    assert split["accuracy"][0] == 0.0 and split["accuracy"][1] == 1.0  # resampling people, not photos
+
+
+def test_evaluate_on_labelled_photos_writes_consistent_figures(random_model, tmp_path, capsys):
+    write_photo_set(tmp_path / "set")
+    assert main(["evaluate", str(tmp_path / "set"), "--model", str(random_model), "--results",
+                 str(tmp_path / "out"), "--min-support", "2", "--resamples", "200", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(tmp_path / "out" / "photos.csv")))
+    assert len(rows) == metrics["photos"] == 12 and metrics["faces_found"] == 1.0
+    correct = [r["predicted"] == r["label"] for r in rows]
+    assert metrics["accuracy"] == pytest.approx(np.mean(correct))
+    recalls = [np.mean([c for c, r in zip(correct, rows) if r["label"] == name]) for name in ("happy", "sad", "neutral")]
+    assert metrics["macro_recall"] == pytest.approx(np.mean(recalls))
+    assert sorted(metrics["macro_recall_classes"]) == ["happy", "neutral", "sad"]
+    low, high = metrics["intervals"]["accuracy"]
+    assert low <= metrics["accuracy"] <= high and metrics["people"] == 6
+    assert (tmp_path / "out" / "confusion_matrix.png").stat().st_size > 1000
+    assert "macro recall" in printed and "resampling 6 people" in printed
+
+
+def test_training_with_photos_validates_on_held_out_people(cartoon, tmp_path):
+    write_photo_set(tmp_path / "set", people=12)
+    config = training.TrainConfig(architecture="lite", epochs=2, batch_size=16, warmup_epochs=0, precision="float32",
+                                  photos=[str(tmp_path / "set")], photos_weight=[0.5], photos_held_out=0.3,
+                                  epoch_size=64, photos_min_support=1)  # a dozen people: every class counts
+    result = training.train(cartoon, config, out=tmp_path / "model" / "fer", checkpoint_dir=tmp_path / "ck",
+                            verbose=0)
+    assert all(0 <= row["val_photos_macro_recall"] <= 1 for row in result.history)
+    assert all(row["val_selection"] == pytest.approx((row["val_accuracy"] + row["val_photos_macro_recall"]) / 2)
+               for row in result.history)
+    recorded = json.loads((tmp_path / "model" / "fer.meta.json").read_text())["training"]
+    (described,) = recorded["photos"]
+    assert described["trained_on"] + described["held_out"] == 24 and described["faces_found"] == 1.0
+    assert list((tmp_path / "ck" / "photo_crops").glob("crops-*.npz"))  # cut once, reused on a resume
+
+
+def test_weighted_batches_draw_each_set_in_its_share():
+    images = np.zeros((1100, 48, 48), np.uint8)
+    images[1000:] = 255  # the last 100 images are "photos"
+    weights = np.r_[np.full(1000, 0.7 / 1000), np.full(100, 0.3 / 100)]
+    batches = training.make_dataset(images, np.zeros(1100, int), 7, 100, training=True, weights=weights,
+                                    epoch_size=2000)
+    assert len(batches) == 20
+    drawn = np.concatenate([batches[i][0][:, 0, 0, 0] for i in range(len(batches))])
+    assert 0.25 < (drawn == 255).mean() < 0.35
+
+
+def test_progress_in_a_log_is_plain_lines():
+    script = ("from ferkit.progress import progress\n"
+              "for _ in progress(range(5), 'counting', unit='thing', every=0): pass\n")
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "\r" not in finished.stderr
+    assert finished.stderr.splitlines()[-1].startswith("counting: 5/5 things in ")
+
+
+def test_the_real_faces_split_holds_six_classes_of_40_people_apart():
+    if not (REAL_FACES / "labels.csv").is_file():
+        pytest.skip(f"{REAL_FACES} not found (the labelled real photos beside the clone)")
+    real = photos.read_photo_set(REAL_FACES, list(CLASS_NAMES))
+    rest, held = real.split_by_identity()
+    assert not set(rest.identities) & set(held.identities)
+    counts = np.bincount(held.labels, minlength=len(CLASS_NAMES))
+    assert sorted(CLASS_NAMES[k] for k in np.flatnonzero(counts >= 40)) == \
+        sorted(["angry", "disgust", "happy", "sad", "surprise", "neutral"])
