@@ -9,7 +9,7 @@ runs after a warm-up. "classify" is the emotion model alone on 48x48 crops,
 at batch 1 and 64, in faces/second.
 
 The `fer` package needs OpenCV < 5 (its Haar detector) and pulls in PyTorch for
-its optional MTCNN; run it from its own virtual environment (see README) and
+its optional MTCNN; run it from its own virtual environment (see docs/experiments/inference-speed.md) and
 pass that interpreter as ``--peer-python``.
 """
 

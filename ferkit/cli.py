@@ -611,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate = commands.add_parser(
         "interpolate", help="blend a fine-tuned network's weights with those of the network it started from",
         description="Write the network whose weights lie ALPHA of the way from START's to FINETUNED's "
-                    "(WiSE-FT). A network fine-tuned for photos (README, \"Training for the pipeline\") "
+                    "(WiSE-FT). A network fine-tuned for photos (docs/experiments/pipeline-training.md) "
                     "often loses a little on FER-2013's own crops; a blend can keep the gain and the "
                     "accuracy. Only for a network and one fine-tuned from it. Choose ALPHA on PublicTest "
                     "(--data, or benchmarks/choose_members.py for the photo pipeline).",

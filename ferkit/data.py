@@ -133,7 +133,7 @@ def dataset_path(path: str | os.PathLike | None = None) -> Path:
         if not path:
             raise DatasetError(
                 f"no dataset given and ${DATA_ENV} is not set. Download FER-2013 from Kaggle "
-                "(`kaggle datasets download msambare/fer2013`, see README) and pass its path, "
+                "(`kaggle datasets download msambare/fer2013`, see docs/datasets.md) and pass its path, "
                 f"or set {DATA_ENV}=/path/to/fer2013.zip"
             )
     path = Path(path).expanduser()

@@ -33,24 +33,24 @@ MIN_FACE_SCORE = 0.6
 #: With the second search, a face both searches see (boxes overlapping by IoU 0.5 or more) is kept from this
 #: much below ``min_score`` (0.4 by default): two searches at different scales rarely agree on a texture, and
 #: the faces blur, dim light and busy backgrounds push under 0.6 are often seen twice. Chosen on PublicTest
-#: frames and scikit-image's photos without faces (``benchmarks/bench_detection.py``; README, "Detection").
+#: frames and scikit-image's photos without faces (``benchmarks/bench_detection.py``; docs/experiments/pipeline-fidelity.md).
 CONFIRMED_SCORE_DISCOUNT = 0.2
 #: YuNet reports nothing below this score, whatever ``min_score`` asks (the page decodes with the same floor).
 YUNET_SCORE_FLOOR = 0.3
 #: Faces found only by the second, enlarged search (``upscale_search``) are kept from this side up, in pixels
 #: of the image as first searched: the faces it adds are the blurred, low-resolution ones the first search
-#: misses, while what it finds below this size is mostly texture (README, "Accuracy on your photos").
+#: misses, while what it finds below this size is mostly texture (docs/experiments/pipeline-fidelity.md).
 UPSCALE_SEARCH_MIN_FACE = 64
 
 #: The crop that reproduces FER-2013's framing from YuNet's boxes, chosen on PublicTest with
-#: ``benchmarks/bench_pipeline.py --tune`` (README, "Accuracy on your photos"): squared on the box's larger
+#: ``benchmarks/bench_pipeline.py --tune`` (docs/experiments/pipeline-fidelity.md): squared on the box's larger
 #: side, 5% smaller per side, not moved; levelling the eyes measured worse, so it is off.
 FER2013_CROP = {"face_margin": -0.05, "face_offset": 0.0, "face_align": False}
 
 #: Crops with less contrast (pixel standard deviation) than this percentile of the Training faces are
 #: stretched to the Training faces' median brightness and contrast (:func:`low_contrast_settings`): a dim,
 #: flat photo would otherwise show the model a face unlike any it learned from. Chosen on PublicTest with
-#: ``benchmarks/bench_pipeline.py --tune-lift`` (README, "Accuracy on your photos").
+#: ``benchmarks/bench_pipeline.py --tune-lift`` (docs/experiments/pipeline-fidelity.md).
 LOW_CONTRAST_PERCENTILE = 10
 
 
@@ -85,8 +85,8 @@ def detect_faces(image_bgr: np.ndarray, detector: str = "yunet", min_score: floa
     Images of more than ``max_pixels`` are searched on a copy scaled down to
     that many pixels and the boxes scaled back, which keeps detection time
     flat for 12-megapixel photos. With ``upscale_search`` the image is also
-    searched at twice that size, for 5x the detection time (README, "Accuracy
-    on your photos"): a face of the first search that the second also sees
+    searched at twice that size, for 5x the detection time
+    (docs/experiments/pipeline-fidelity.md): a face of the first search that the second also sees
     (IoU 0.5 or more) is kept from ``min_score - confirmed_discount``, and the
     faces only the second finds (overlapping no face of the first by IoU 0.3
     or more, and at least :data:`UPSCALE_SEARCH_MIN_FACE` pixels) from

@@ -254,15 +254,15 @@ def lite_wide(num_classes: int = 7, input_size: int = IMAGE_SIZE):
 
     Widening where the feature maps are small adds capacity at little cost at
     batch 1; ``benchmarks/bench_students.py`` times it against the average
-    and the other candidates (README, "fer_lite").
+    and the other candidates (docs/experiments/fer_lite-distillation.md).
     """
     return lite_network([(1, 16), (1, 64), (2, 160), (1, 320)], "lite_wide", num_classes, input_size)
 
 
 ARCHITECTURES = {"vgg": vgg, "seed_cnn": seed_cnn, "vgg_small": vgg_small, "lite": lite, "lite_wide": lite_wide}
 # The best measured accuracy per CPU-hour: 70.9% PrivateTest after three stages (4.9 h on 2 cores) where vgg
-# reached 68.2% in 4.6 h. Given 400 epochs on a GPU, vgg did better (71.25% vs 70.49% PublicTest, README,
-# "The shipped model"), but the default stays what a CPU user can afford.
+# reached 68.2% in 4.6 h. Given 400 epochs on a GPU, vgg did better (71.25% vs 70.49% PublicTest,
+# docs/experiments/shipped-average.md), but the default stays what a CPU user can afford.
 DEFAULT_ARCHITECTURE = "vgg_small"
 
 
@@ -530,7 +530,7 @@ def average_models(paths: Sequence[str | Path]):
     """One Keras model whose output is the mean of several saved models' probabilities, and its metadata.
 
     Networks of different architectures err on different faces, so their mean
-    is more accurate than either (README, "The shipped model"); as one model it
+    is more accurate than either (docs/experiments/shipped-average.md); as one model it
     still loads with ``model_from_json`` + ``load_weights``. The members must
     share class names, input size and face-crop settings. A path that is itself
     an average contributes its members, so ``average_models(["fer", "new"])``

@@ -117,10 +117,10 @@ class Predictor:
         (default 50 megapixels); None: no limit.
     align : bool or None
         Turn each face so its eyes are level before classifying it; default
-        the model's ``face_align`` (chosen on PublicTest, see README).
+        the model's ``face_align`` (chosen on PublicTest, docs/experiments/pipeline-fidelity.md).
     upscale_search : bool
         Also search each photo at twice its size for faces the first search
-        missed (small or blurred ones; README, "Accuracy on your photos"):
+        missed (small or blurred ones; docs/experiments/pipeline-fidelity.md):
         5x the detection time. Video frames are searched once, for speed.
     """
 

@@ -722,7 +722,7 @@ def interpolate_weights(finetuned: str | Path, start: str | Path, alpha: float,
     """The network whose weights are (1 - alpha) x ``start``'s + alpha x ``finetuned``'s.
 
     Fine-tuning a network for other inputs (such as the pipeline stage of
-    README, "Accuracy on your photos") trades some of what it did well for
+    docs/experiments/pipeline-fidelity.md) trades some of what it did well for
     what it learns; a network between the two often keeps both (WiSE-FT:
     Wortsman et al., "Robust fine-tuning of zero-shot models", 2022). It is
     meant for a network and one fine-tuned from it, which lie in one basin of

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPAT_ENV = "FERKIT_COMPAT_PYTHONS"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
-#: What a plain Keras user runs, with no ferkit import: the README's two lines, then the .keras file.
+#: What a plain Keras user runs, with no ferkit import: docs/python-api.md's two lines, then the .keras file.
 PLAIN_KERAS = """
 import sys, keras, numpy as np
 stem, inputs, out = sys.argv[1:4]
