@@ -51,7 +51,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     data = os.environ.get("FERKIT_DATA")
     have_data = bool(data) and Path(data).exists()
-    have_model = (Path(__file__).parent / "fer.json").exists()
+    have_model = (Path(__file__).parent / "ferkit" / "models" / "fer.json").exists()
     for item in items:
         name = Path(str(item.fspath)).name
         if name in NEEDS_DATASET and not have_data:

@@ -249,6 +249,7 @@ def cmd_train(args) -> None:
         teacher=args.teacher, teacher_weight=args.teacher_weight,
         photos=args.photos, photos_weight=args.photos_weight, photos_held_out=args.photos_held_out,
         photos_labels=photos.parse_label_map(args.photos_labels), epoch_size=args.epoch_size,
+        photos_balance=args.photos_balance,
         augmentation=training.Augmentation(shift=args.shift, erase_probability=args.erase_probability,
                                            blur_probability=args.blur_probability,
                                            jpeg_probability=args.jpeg_probability))
@@ -265,7 +266,10 @@ def cmd_train(args) -> None:
     command = "python -m ferkit " + shlex.join(args.argv)
     result = training.train(dataset, config, out=args.out, checkpoint_dir=args.checkpoint_dir,
                              verbose=2 if args.no_progress else "auto", provenance={"command": command.strip()})
-    print(f"best PublicTest accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}"
+    best = result.history[result.best_epoch - 1] if 0 < result.best_epoch <= len(result.history) else {}
+    photos = (f" and held-out photos' macro recall {best['val_photos_macro_recall']:.4f} (chosen on their mean)"
+              if "val_photos_macro_recall" in best else "")
+    print(f"best epoch {result.best_epoch}: PublicTest accuracy {result.best_val_accuracy:.4f}{photos}"
           + (f"; ThresholdStop stopped at epoch {result.threshold_epoch}" if result.threshold_epoch else ""))
     if result.averaged:
         a = result.averaged
@@ -458,6 +462,9 @@ def _add_train_options(train, architecture: str, out: str, checkpoint_dir: str, 
                        help="share of each class's photos held out, by person, for validation")
     train.add_argument("--photos-labels", action="append", metavar="THEIRS=OURS,...",
                        help="map the photo sets' label names to the classes, e.g. happiness=happy")
+    train.add_argument("--photos-balance", type=float, default=defaults.photos_balance, metavar="B",
+                       help="even out the photos' classes: a class of n photos is drawn in proportion to "
+                            "n ** (1 - B); 0 keeps their mix, 1 draws every class alike")
     train.add_argument("--epoch-size", type=int, metavar="N",
                        help="with --photos: images drawn per epoch (default: the Training split's size)")
     train.add_argument("--average-last", type=int, default=defaults.average_last, metavar="N",
@@ -691,7 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
     output_format.add_argument("--json", action="store_true",
                                help="print the results as one JSON document on stdout (messages go to stderr)")
     output_format.add_argument("--csv", action="store_true",
-                               help="print one CSV row per face on stdout: file, face, box, label, score, p_<class>")
+                               help="print one CSV row per face on stdout: file, face, x, y, width, height, detection_score, "
+                                    "label, score, p_<class>... (an image without faces: one row, face empty)")
     predict.add_argument("--recursive", action="store_true", help="folders: also the images in subfolders")
     predict.add_argument("--stride", type=int, default=1, help="videos: analyse every N-th frame (default: 1)")
     from ferkit.prediction import MAX_VIDEO_FRAMES

@@ -10,7 +10,7 @@ happens to support. Input and output keep the Keras layout: ``face``
 (N, S, S, 1) float32 pixels 0-255 in, ``probabilities`` (N, classes) out.
 
     from ferkit.export import export_onnx
-    export_onnx("fer")                      # writes fer.onnx beside fer.meta.json
+    export_onnx("fer")                      # writes fer.onnx (the working directory, for a shipped model)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ferkit import files
-from ferkit.model import load_model, networks_of, resolve_model
+from ferkit.model import SHIPPED_MODELS, load_model, networks_of, resolve_model
 
 OPSET = 17
 
@@ -33,12 +33,16 @@ def export_onnx(model: str | Path | None = None, output: str | Path | None = Non
     """Write ``model`` (stem or path; default the shipped model) as ONNX; returns the file written.
 
     ``output`` defaults to the model's stem with ``.onnx``, beside its
-    ``.meta.json`` (class names and crop settings travel with it).
+    ``.meta.json`` (class names and crop settings travel with it); for a
+    shipped model, NAME.onnx in the working directory (never inside the
+    installed package).
     """
     stem = resolve_model(model)
     keras_model, meta = load_model(stem)
     graph = onnx_graph(keras_model, meta, stem)
-    output = Path(output) if output is not None else stem.with_suffix(".onnx")
+    if output is None:
+        output = Path(stem.name + ".onnx") if stem.parent == SHIPPED_MODELS else stem.with_suffix(".onnx")
+    output = Path(output)
     return files.write_bytes(output, graph.SerializeToString())
 
 

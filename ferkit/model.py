@@ -27,8 +27,9 @@ from ferkit.data import CLASS_NAMES, IMAGE_SIZE
 
 #: Environment variable naming the model to use when none is given (a stem or .json/.h5 path).
 MODEL_ENV = "FERKIT_MODEL"
-#: The shipped model, found here from any working directory.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: The shipped models (fer, fer_lite) live in the package, so a clone, an editable install and a wheel
+#: all find them here, from any working directory.
+SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = "fer"
 
 
@@ -401,8 +402,9 @@ def resolve_model(model: str | Path | None = None) -> Path:
     """Where a model's files are: ``model`` if given, else ``$FERKIT_MODEL``, else the shipped ``fer``.
 
     A bare name (``"fer"``, ``"fer_lite"``) that is not in the working
-    directory is looked up beside the ferkit package, where the shipped
-    models live, so the defaults work from any folder. Returns the stem.
+    directory is looked up in the package's ``models`` folder
+    (:data:`SHIPPED_MODELS`), where the shipped models live, so the defaults
+    work from any folder and from an installed wheel. Returns the stem.
     """
     given = str(model)
     if model is None:
@@ -414,7 +416,7 @@ def resolve_model(model: str | Path | None = None) -> Path:
                          f"for {path / DEFAULT_MODEL}.json + .h5")
     base = _stem(path)
     if not base.with_suffix(".json").exists() and len(base.parts) == 1:
-        shipped = PROJECT_ROOT / base
+        shipped = SHIPPED_MODELS / base
         if shipped.with_suffix(".json").exists():
             return shipped
     return base
@@ -466,7 +468,8 @@ def load_model(path: str | Path | None = None):
     except Exception as error:
         raise ModelError(f"{paths['h5']}: cannot load these weights into {paths['json']}'s model "
                          f"({type(error).__name__}: {str(error)[:200]}); the file is damaged or belongs to another "
-                         "model: restore it (e.g. `git checkout fer.h5`) or retrain") from None
+                         "model: restore it (a shipped model: `git checkout ferkit/models/` or reinstall ferkit) "
+                         "or retrain") from None
     if meta is None:
         meta = ModelMeta(class_names=list(CLASS_NAMES)[: model.output_shape[-1]])
     if len(meta.class_names) != model.output_shape[-1]:

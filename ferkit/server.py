@@ -131,12 +131,15 @@ def _model_info(stem: Path, meta: ModelMeta, onnx_path: Path) -> dict:
     parameters = int(sum(np.prod(numpy_helper.to_array(t).shape) for t in graph.initializer))
     info = {"parameters": parameters, "onnx_megabytes": round(onnx_path.stat().st_size / 2**20, 1),
             "architecture": meta.architecture}
-    metrics = stem.parent / "results" / "metrics.json"
-    if metrics.exists():
-        recorded = json.loads(metrics.read_text())
-        if Path(recorded.get("model", "")).name == stem.name:
-            info["accuracy"] = {split: recorded[split]["accuracy"] for split in ("PublicTest", "PrivateTest")
-                                if split in recorded}
+    # NAME.metrics.json beside the model (the shipped models carry theirs, in a wheel too), else the
+    # results/metrics.json that `python -m ferkit evaluate` writes in the model's folder.
+    for metrics in (stem.with_name(stem.name + ".metrics.json"), stem.parent / "results" / "metrics.json"):
+        if metrics.exists():
+            recorded = json.loads(metrics.read_text())
+            if Path(recorded.get("model", "")).name == stem.name:
+                info["accuracy"] = {split: recorded[split]["accuracy"] for split in ("PublicTest", "PrivateTest")
+                                    if split in recorded}
+                break
     return info
 
 

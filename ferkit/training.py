@@ -86,7 +86,7 @@ class TrainConfig:
     augmentation: Augmentation = field(default_factory=Augmentation)
     #: Labelled photo sets (``ferkit.photos``) trained on beside FER-2013: their faces are found and cut once,
     #: as the model's pipeline cuts them. ``photos_weight[i]`` is the share of each epoch drawn from set i (its
-    #: classes balanced by the square root of their counts); ``photos_held_out`` of each class's photos, whole
+    #: classes evened out by ``photos_balance``); ``photos_held_out`` of each class's photos, whole
     #: people at a time, is kept back for validation, and the best epoch is chosen on the mean of PublicTest
     #: accuracy and the held-out photos' macro recall.
     photos: list[str] = field(default_factory=list)
@@ -95,6 +95,9 @@ class TrainConfig:
     photos_labels: dict = field(default_factory=dict)
     #: The held-out macro recall averages the classes with at least this many held-out photos.
     photos_min_support: int = 40
+    #: How far each photo set's classes are evened out: a class with n photos is drawn in proportion to
+    #: n ** (1 - photos_balance), so 0 keeps the set's own mix, 0.5 (the square root) and 1 draws every class alike.
+    photos_balance: float = 0.5
     #: Images drawn per epoch when photos are mixed in (default: as many as the Training split holds).
     epoch_size: int | None = None
 
@@ -529,8 +532,8 @@ def photo_mix(config: TrainConfig, class_names, crops: dict, train_split: FerDat
         held_crops = photo_module.crop_photos(held, crop_meta, cache_dir=checkpoint_dir / "photo_crops")
         found = rest_crops.found
         counts = np.bincount(rest.labels[found], minlength=len(class_names))
-        # Classes balanced by the square root of their counts: rare ones drawn more often, not as often as common.
-        per_photo = 1 / np.sqrt(np.maximum(counts, 1))[rest.labels[found]]
+        # A class of n photos drawn in proportion to n ** (1 - balance): rare classes more often than their share.
+        per_photo = (np.maximum(counts, 1) ** -config.photos_balance)[rest.labels[found]]
         images.append(rest_crops.crops[found])
         labels.append(rest.labels[found])
         sample_weights.append(share * per_photo / per_photo.sum())

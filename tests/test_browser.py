@@ -26,12 +26,13 @@ sync_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("anywidget")
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "ferkit" / "models"  # the shipped models
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LIVE_SECONDS = 8
 
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium: apt-get install chromium"),
-    pytest.mark.skipif(not (ROOT / "fer.json").exists(), reason="needs the shipped model fer.json + fer.h5"),
+    pytest.mark.skipif(not (MODELS / "fer.json").exists(), reason="needs the shipped model fer.json + fer.h5"),
 ]
 
 
@@ -59,7 +60,7 @@ def notebook(path: Path, cells: list[str]) -> Path:
 
 SETUP = ("import asyncio\nfrom ferkit.prediction import Predictor\n"
          "from ferkit.webcam import WebcamError, live, take_photo_async\n"
-         f"predictor = Predictor({str(ROOT / 'fer')!r})")
+         f"predictor = Predictor({str(MODELS / 'fer')!r})")
 SNAPSHOT_AND_LIVE = [
     SETUP,
     "photo = await take_photo_async(timeout=90)\nprint('CAPTURED', photo.shape)",

@@ -62,3 +62,13 @@ def test_unknown_output_format_fails_with_status_2_and_writes_nothing(cartoon, t
 def test_every_command_has_help(command):
     result = subprocess.run([sys.executable, "-m", "ferkit", *command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: python -m ferkit" in result.stdout
+
+
+def test_the_csv_option_names_the_columns_it_writes(capsys):
+    from ferkit.prediction import face_rows
+
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    columns = [c for c in face_rows([], ["happy"]).columns if not c.startswith("p_")]
+    assert ", ".join(columns) + ", p_<class>" in text

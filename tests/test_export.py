@@ -13,6 +13,7 @@ from ferkit.export import export_onnx  # noqa: E402
 from ferkit.model import ModelMeta, average_models, build_model, load_model, save_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "ferkit" / "models"  # the shipped models
 
 
 def onnx_probabilities(path, faces):
@@ -46,15 +47,15 @@ def test_single_networks_and_an_average_match_keras(tmp_path, cartoon):
 
 
 def test_the_shipped_model_matches_on_real_faces(real_fer2013, tmp_path, capsys):
-    if not (ROOT / "fer.json").exists():
+    if not (MODELS / "fer.json").exists():
         pytest.skip("no shipped model")
     from ferkit import data
 
     faces = data.load_fer2013(real_fer2013, progress=False).split("PrivateTest").images[:512, ..., None]
     faces = faces.astype(np.float32)
-    assert main(["export", str(ROOT / "fer"), "--out", str(tmp_path / "fer.onnx")]) == 0
+    assert main(["export", str(MODELS / "fer"), "--out", str(tmp_path / "fer.onnx")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "fer.onnx")
-    model, _ = load_model(ROOT / "fer")
+    model, _ = load_model(MODELS / "fer")
     expected = model.predict(faces, verbose=0)
     got = onnx_probabilities(tmp_path / "fer.onnx", faces)
     np.testing.assert_allclose(got, expected, atol=1e-4)

@@ -19,6 +19,7 @@ from ferkit.model import predict_probabilities, to_model_input, tta_views  # noq
 from ferkit.prediction import Predictor, annotate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "ferkit" / "models"  # the shipped models
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +423,7 @@ def test_predict_command_on_a_folder_reports_bad_files(random_model, astronaut, 
     assert (tmp_path / "out" / "a_annotated.png").exists()
 
 
-@pytest.mark.skipif(not (ROOT / "fer.json").exists(), reason="no shipped model (fer.json) in this checkout yet")
+@pytest.mark.skipif(not (MODELS / "fer.json").exists(), reason="no shipped model (fer.json) in this checkout yet")
 def test_demo_with_the_shipped_model_sees_a_smile(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert main(["demo", "--out", str(tmp_path)]) == 0

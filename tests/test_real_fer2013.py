@@ -86,6 +86,7 @@ def test_splits_have_matching_image_statistics(real):
 
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "ferkit" / "models"  # the shipped models
 
 
 @pytest.mark.parametrize("name, metrics", [
@@ -100,8 +101,8 @@ def test_shipped_model_in_plain_keras_reproduces_reported_accuracy(real, tmp_pat
         np.save(tmp_path / f"{split}_labels.npy", part.labels)
     script = f"""
         import json, sys, numpy as np, keras
-        model = keras.models.model_from_json(open({str(ROOT / f"{name}.json")!r}).read())
-        model.load_weights({str(ROOT / f"{name}.h5")!r})
+        model = keras.models.model_from_json(open({str(MODELS / f"{name}.json")!r}).read())
+        model.load_weights({str(MODELS / f"{name}.h5")!r})
         # The documented preprocessing: (N, 48, 48, 1) float32 grayscale, pixel values 0-255.
         scores = {{}}
         for split in ("PublicTest", "PrivateTest"):

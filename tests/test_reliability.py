@@ -23,6 +23,7 @@ from ferkit.cli import main
 from ferkit.sample import write_image_layout
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "ferkit" / "models"  # the shipped models
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
@@ -297,7 +298,7 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path):
 
 def test_a_folder_run_skips_the_bomb_and_the_fifo_and_finishes_the_rest(tmp_path):
     pytest.importorskip("keras")
-    if not (ROOT / "fer.json").exists():
+    if not (MODELS / "fer.json").exists():
         pytest.skip("needs the shipped model")
     from ferkit.images import sample_image
 
@@ -460,7 +461,7 @@ def test_a_folder_of_only_subfolders_says_to_recurse(random_model, tmp_path, cap
 
 
 def test_predict_from_another_folder_prints_one_json_document_and_no_tensorflow_noise(tmp_path):
-    if not (ROOT / "fer.json").exists():
+    if not (MODELS / "fer.json").exists():
         pytest.skip("needs the shipped model")
     from ferkit.images import sample_image
 
@@ -523,8 +524,8 @@ def test_the_model_is_found_from_any_folder_and_through_the_environment(random_m
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(model.MODEL_ENV, raising=False)
-    if (ROOT / "fer.json").exists():
-        assert model.resolve_model() == ROOT / "fer"
+    if (MODELS / "fer.json").exists():
+        assert model.resolve_model() == MODELS / "fer"
     monkeypatch.setenv(model.MODEL_ENV, str(random_model))
     assert model.resolve_model() == random_model
     assert model.resolve_model("elsewhere/mine") == Path("elsewhere/mine")  # a path given is taken as it is

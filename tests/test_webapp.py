@@ -29,6 +29,7 @@ pytest.importorskip("starlette")
 from test_browser import CHROMIUM, free_port, write_y4m  # noqa: E402  (tests/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "ferkit" / "models"  # the shipped models
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
         "--autoplay-policy=no-user-gesture-required"]
@@ -36,7 +37,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium: apt-get install chromium"),
-    pytest.mark.skipif(not (ROOT / "fer.json").exists(), reason="needs the shipped model fer.json + fer.h5"),
+    pytest.mark.skipif(not (MODELS / "fer.json").exists(), reason="needs the shipped model fer.json + fer.h5"),
 ]
 
 
@@ -346,7 +347,9 @@ def test_a_video_job_can_be_cancelled_and_bad_uploads_get_their_status(server, t
         time.sleep(0.25)
     assert job["status"] == "cancelled"
     assert urllib.request.urlopen(server + "models/index.json").status == 200  # still serving
-    for escape in ("static/../../fer.h5", "..%2F..%2Ffer.h5", "models/..%2F..%2Ffer.h5"):
+    # The last two aim at the shipped models, ferkit/models/, beside the page's folder ferkit/web/.
+    for escape in ("static/../../fer.h5", "..%2F..%2Ffer.h5", "models/..%2F..%2Ffer.h5", "..%2Fmodels%2Ffer.h5",
+                   "vendor/..%2F..%2Fmodels%2Ffer.h5"):
         with pytest.raises(urllib.error.HTTPError) as error:
             urllib.request.urlopen(server + escape)
         assert error.value.code == 404
