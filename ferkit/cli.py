@@ -647,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "in MODEL.meta.json.")
     export.add_argument("model", nargs="?", help="model stem or .json/.h5 path (default: $FERKIT_MODEL, else fer)")
     export.add_argument("--format", default="onnx", choices=["onnx"], help="output format (default: onnx)")
-    export.add_argument("--out", help="output file (default: MODEL.onnx beside the model)")
+    export.add_argument("--out", help="output file (default: MODEL.onnx beside the model; for a shipped model, in the "
+                                        "working folder)")
     export.set_defaults(func=cmd_export)
 
     serve = commands.add_parser(

@@ -27,6 +27,11 @@ from ferkit.progress import progress as report
 if TYPE_CHECKING:  # only named in annotations: pandas is imported where a table is made
     import pandas
 
+#: How faces are followed across video frames, here and in the page (``ferkit/web/tracking.js``, which receives
+#: these through ``models/index.json``): the least box overlap (IoU) that continues a track, the analysed frames a
+#: track may miss before it ends, and the weight of the past in each track's moving average of probabilities.
+TRACKING = {"min_iou": 0.3, "max_missed": 10, "smoothing": 0.6}
+
 #: Longest video ``predict_video`` reads by default: one hour at 30 frames per second.
 MAX_VIDEO_FRAMES = 30 * 3600
 
@@ -177,7 +182,7 @@ class Predictor:
                               {n: float(p) for n, p in zip(self.class_names, probabilities)}, face_id)
 
     def predict_video(self, source: str | Path, output: str | Path | None = None, stride: int = 1,
-                      smoothing: float = 0.6, progress: bool = True, max_frames: int | None = MAX_VIDEO_FRAMES,
+                      smoothing: float = TRACKING["smoothing"], progress: bool = True, max_frames: int | None = MAX_VIDEO_FRAMES,
                       on_progress=None):
         """Classify faces through a video; returns a pandas DataFrame with one row per face per analysed frame.
 
@@ -216,7 +221,7 @@ class Predictor:
                              f"{self.max_pixels / 1e6:g}; pass max_pixels= (or --max-pixels) to allow them")
         if output is not None:
             output = files.check_output_path(output, source)
-        tracker = _Tracker(smoothing)
+        tracker = _Tracker(smoothing, TRACKING["min_iou"], TRACKING["max_missed"])
         rows, current = [], []
         index = 0
         with contextlib.ExitStack() as cleanup:  # unwound last-in first-out: the writer closes before the rename
@@ -344,9 +349,10 @@ def _open_video_writer(path: Path, output: Path, fps: float, width: int, height:
 
 
 class _Tracker:
-    """Greedy IoU matching of detections to tracks, with per-track probability smoothing."""
+    """Greedy IoU matching of detections to tracks, with per-track probability smoothing (:data:`TRACKING`;
+    ``ferkit/web/tracking.js`` is the same in the page)."""
 
-    def __init__(self, smoothing: float, min_iou: float = 0.3, max_missed: int = 10):
+    def __init__(self, smoothing: float, min_iou: float, max_missed: int):
         self.smoothing, self.min_iou, self.max_missed = smoothing, min_iou, max_missed
         self.tracks: dict[int, dict] = {}
         self.next_id = 0

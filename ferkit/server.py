@@ -145,7 +145,7 @@ def _model_info(stem: Path, meta: ModelMeta, onnx_path: Path) -> dict:
 
 def models_index(entries: list[ModelEntry]) -> dict:
     """``models/index.json``: everything the page needs to run each model, and to colour and label faces."""
-    from ferkit.prediction import EMOTION_COLORS
+    from ferkit.prediction import EMOTION_COLORS, TRACKING
 
     return {
         # The search Predictor.predict makes, for pipeline.js (ferkit.faces.detect_faces).
@@ -153,6 +153,7 @@ def models_index(entries: list[ModelEntry]) -> dict:
                      "upscale_search_min_face": UPSCALE_SEARCH_MIN_FACE,
                      "confirmed_score_discount": CONFIRMED_SCORE_DISCOUNT, "score_floor": YUNET_SCORE_FLOOR},
         "colors": {name: f"rgb({r},{g},{b})" for name, (b, g, r) in EMOTION_COLORS.items()},
+        "tracking": TRACKING,
         "models": [{"name": e.name, "url": f"models/{e.name}.onnx", "class_names": e.meta.class_names,
                     "input_size": e.meta.input_size, "face_margin": e.meta.face_margin,
                     "face_offset": e.meta.face_offset, "face_align": e.meta.face_align,

@@ -173,6 +173,42 @@ def test_the_pages_two_searches_merge_as_detect_faces_does(server, browser, monk
     assert (500, 50, 100, 100) in [f.box for f in expected]  # seen by both searches, kept under 0.6
 
 
+def test_the_pages_tracker_follows_faces_as_the_video_tracker_does(server, browser):
+    """tracking.js against ferkit.prediction's tracker: the same detections, the same ids and smoothed scores."""
+    from ferkit.prediction import TRACKING, _Tracker
+    from ferkit import faces
+
+    index = json.loads(urllib.request.urlopen(server + "models/index.json").read())
+    assert index["tracking"] == TRACKING  # one definition, received by the page
+    names = index["models"][0]["class_names"]
+    rng = np.random.default_rng(4)
+    frames, boxes = [], [[40, 40, 100, 100], [300, 60, 90, 90], [500, 300, 80, 80]]
+    for frame in range(40):  # three faces drifting; the second gone for 12 frames (its track ends), then back
+        present = [0, 2] if 10 <= frame < 22 else [0, 1, 2] if frame % 7 else [2, 1, 0]
+        faces_now = []
+        for k in present:
+            boxes[k] = [int(v) for v in np.add(boxes[k], [rng.integers(-6, 7), rng.integers(-6, 7), 0, 0])]
+            faces_now.append({"box": list(boxes[k]), "probabilities": dict(zip(names, rng.dirichlet(np.ones(7))))})
+        frames.append(faces_now)
+    tracker, expected = _Tracker(TRACKING["smoothing"], TRACKING["min_iou"], TRACKING["max_missed"]), []
+    for faces_now in frames:
+        found = [faces.Face(tuple(f["box"]), 0.9) for f in faces_now]
+        probabilities = np.array([[f["probabilities"][n] for n in names] for f in faces_now])
+        expected.append([[track_id, list(smoothed)] for _, track_id, smoothed in tracker.update(found, probabilities)])
+    page = Page(browser, server, None)
+    in_page = page.page.evaluate(
+        """async ([tracking, frames, names]) => {
+             const { Tracker } = await import("./tracking.js");
+             const tracker = new Tracker(tracking);
+             return frames.map((faces) => tracker.update(faces).map(({ id, probabilities }) =>
+               [id, names.map((n) => probabilities[n])]));
+           }""", [index["tracking"], frames, names])
+    assert [[face[0] for face in frame] for frame in in_page] == [[face[0] for face in frame] for frame in expected]
+    assert max(face[0] for frame in expected for face in frame) == 3  # the second face came back as a new track
+    np.testing.assert_allclose([p for frame in in_page for face in frame for p in face[1]],
+                               [p for frame in expected for face in frame for p in face[1]], atol=1e-9)
+
+
 @pytest.mark.parametrize("degrees, offset, dim", [(0, 0.0, False), (17, 0.05, False), (-23, -0.03, False),
                                                   (0, 0.0, True)])
 def test_the_pages_crop_equals_crop_face_also_turned_and_moved(server, browser, degrees, offset, dim):

@@ -3,6 +3,7 @@
 // Scripting hook: window.ferkitState = {fps, latencyMs, model, faces: [{box, label, score, probabilities}]},
 // updated on every analysed frame and photo, plus `ready` once the models are loaded and `error` if a step fails.
 import { Pipeline } from "./pipeline.js";
+import { Tracker } from "./tracking.js";
 
 const $ = (id) => document.getElementById(id);
 const state = (window.ferkitState = { ready: false, fps: 0, latencyMs: {}, model: null, faces: [], error: null,
@@ -120,32 +121,23 @@ const jsonBlob = (value) => new Blob([JSON.stringify(value, null, 2)], { type: "
 
 // ---------------------------------------------------------------- live
 
-// Tracks faces across frames by box overlap (as ferkit.prediction's video tracker) and keeps a short history.
-class Tracker {
-  constructor() { this.tracks = []; this.next = 0; }
-  static iou(a, b) {
-    const w = Math.max(0, Math.min(a[0] + a[2], b[0] + b[2]) - Math.max(a[0], b[0]));
-    const h = Math.max(0, Math.min(a[1] + a[3], b[1] + b[3]) - Math.max(a[1], b[1]));
-    return (w * h) / (a[2] * a[3] + b[2] * b[3] - w * h || 1);
-  }
-  update(faces, now) {
-    const free = new Set(this.tracks);
-    for (const face of faces) {
-      let best = null, bestOverlap = 0.3;
-      for (const track of free) {
-        const overlap = Tracker.iou(track.box, face.box);
-        if (overlap > bestOverlap) { best = track; bestOverlap = overlap; }
-      }
-      if (!best) { best = { id: this.next++, history: [] }; this.tracks.push(best); }
-      free.delete(best);
-      best.box = face.box;
-      best.seen = now;
-      best.history.push([now, face.probabilities]);
-      best.history = best.history.filter(([t]) => t > now - 30000);
-      face.id = best.id;
-    }
-    this.tracks = this.tracks.filter((track) => now - track.seen < 2000);
-  }
+// The live view's faces keep their id across frames and show smoothed probabilities, as a video's do in Python
+// (tracking.js); each id keeps 30 s of history for the timeline.
+const HISTORY_MS = 30000;
+
+function followFaces(faces, now) {
+  const followed = live.tracker.update(faces);
+  faces.forEach((face, i) => {
+    const { id, probabilities } = followed[i];
+    face.id = id;
+    face.probabilities = probabilities;
+    face.label = Object.keys(probabilities).reduce((a, b) => (probabilities[b] > probabilities[a] ? b : a));
+    face.score = probabilities[face.label];
+    const history = live.history.get(id) || [];
+    history.push([now, probabilities]);
+    live.history.set(id, history.filter(([t]) => t > now - HISTORY_MS));
+  });
+  for (const id of live.history.keys()) if (!live.tracker.tracks.has(id)) live.history.delete(id);
 }
 
 function drawTimeline(canvas, track) {
@@ -167,7 +159,7 @@ function drawTimeline(canvas, track) {
   });
 }
 
-const live = { camera: null, running: false, overlay: null, grab: null, times: [], tracker: new Tracker() };
+const live = { camera: null, running: false, overlay: null, grab: null, times: [], tracker: null, history: new Map() };
 
 async function startLive() {
   if (live.running) return;
@@ -176,6 +168,8 @@ async function startLive() {
   live.overlay = document.createElement("canvas");
   live.camera.box.appendChild(live.overlay);
   live.grab = document.createElement("canvas");
+  live.tracker = new Tracker(index.tracking);  // a new session: ids from 0, no history
+  live.history.clear();
   live.running = true;
   $("live-start").disabled = true;
   $("live-stop").disabled = $("live-snapshot").disabled = false;
@@ -204,12 +198,13 @@ async function liveStep() {
       const t1 = performance.now();
       const { faces, timings } = await pipeline.analyse(frame);
       const t2 = performance.now();
-      live.tracker.update(faces, t2);
+      followFaces(faces, t2);
       live.overlay.width = frame.width;
       live.overlay.height = frame.height;
       drawFaces(live.overlay.getContext("2d"), faces);
       drawBars($("live-bars"), faces);
-      drawTimeline($("live-timeline"), live.tracker.tracks[0]);
+      const oldest = Math.min(...live.history.keys());
+      drawTimeline($("live-timeline"), live.history.has(oldest) ? { history: live.history.get(oldest) } : null);
       const t3 = performance.now();
       live.times.push(t3);
       live.times = live.times.filter((t) => t > t3 - 3000);

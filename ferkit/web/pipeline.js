@@ -11,6 +11,8 @@
 //
 // Everything runs in ONNX Runtime Web; no frame leaves the browser.
 
+import { iou } from "./geometry.js";
+
 // OpenCV FaceDetectorYN's settings as ferkit.faces creates it; the score floor comes from index.json.
 const YUNET = { nmsThreshold: 0.3, topK: 5000, strides: [8, 16, 32] };
 
@@ -37,13 +39,6 @@ function detectorInput(image) {
     }
   }
   return { blob, paddedW, paddedH };
-}
-
-function iou(a, b) {
-  const x1 = Math.max(a[0], b[0]), y1 = Math.max(a[1], b[1]);
-  const x2 = Math.min(a[0] + a[2], b[0] + b[2]), y2 = Math.min(a[1] + a[3], b[1] + b[3]);
-  const inter = Math.max(0, x2 - x1) * Math.max(0, y2 - y1);
-  return inter / (a[2] * a[3] + b[2] * b[3] - inter);
 }
 
 // YuNet's outputs -> [{box: [x, y, w, h] floats, score, landmarks}] after NMS, as cv::FaceDetectorYN decodes them
