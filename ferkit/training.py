@@ -430,6 +430,8 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     targets = teacher_targets(config, train_split, checkpoint_dir) if config.teacher else None
     crops = crop_settings(config.teacher, train_split)
     mix = photo_mix(config, data.class_names, crops, train_split, checkpoint_dir) if config.photos else None
+    if mix is not None and targets is not None:  # distilling: the teacher for FER-2013's faces, the labels for photos
+        targets = np.concatenate([targets, np.eye(num_classes, dtype=np.float32)[mix.labels[len(train_split):]]])
     train_ds = make_dataset(mix.images if mix else train_split.images, mix.labels if mix else train_split.labels,
                             num_classes, batch_size, training=True, augmentation=config.augmentation,
                             seed=config.seed, first_epoch=len(previous), targets=targets,
@@ -514,9 +516,6 @@ def photo_mix(config: TrainConfig, class_names, crops: dict, train_split: FerDat
     from ferkit import photos as photo_module
     from ferkit.callbacks import PhotoValidation
 
-    if config.teacher:
-        raise ValueError("--photos with a teacher (distill) is not supported yet: fine-tune the distilled model with "
-                         "`train --init-weights MODEL --photos ...` instead")
     weights = list(config.photos_weight) or [0.3 / len(config.photos)] * len(config.photos)
     if len(weights) != len(config.photos) or not all(0 < w for w in weights) or sum(weights) >= 1:
         raise ValueError(f"--photos-weight {weights}: give one share per --photos set, each above 0, together "

@@ -173,3 +173,29 @@ def test_the_real_faces_split_holds_six_classes_of_40_people_apart():
     counts = np.bincount(held.labels, minlength=len(CLASS_NAMES))
     assert sorted(CLASS_NAMES[k] for k in np.flatnonzero(counts >= 40)) == \
         sorted(["angry", "disgust", "happy", "sad", "surprise", "neutral"])
+
+
+def test_distilling_with_photos_learns_the_teacher_on_fer_and_the_labels_on_photos(cartoon, random_model, tmp_path,
+                                                                                   monkeypatch):
+    write_photo_set(tmp_path / "set", people=12)
+    seen = {}
+    original = training.make_dataset
+
+    def spy(images, labels, *args, targets=None, **kwargs):
+        if kwargs.get("training"):
+            seen.update(images=images, labels=labels, targets=targets)
+        return original(images, labels, *args, targets=targets, **kwargs)
+
+    monkeypatch.setattr(training, "make_dataset", spy)
+    config = training.TrainConfig(architecture="lite", epochs=1, batch_size=16, warmup_epochs=0, precision="float32",
+                                  teacher=str(random_model), photos=[str(tmp_path / "set")], photos_weight=[0.5],
+                                  photos_held_out=0.3, epoch_size=32, photos_min_support=1)
+    training.train(cartoon, config, out=tmp_path / "model" / "fer", checkpoint_dir=tmp_path / "ck", verbose=0)
+    fer_rows = len(cartoon.split("Training"))
+    targets = seen["targets"]
+    assert len(targets) == len(seen["images"]) == len(seen["labels"])
+    assert np.allclose(targets.sum(1), 1)
+    photo_targets = targets[fer_rows:]  # one-hot: the teacher knows FER-2013's faces, the photos have labels
+    assert len(photo_targets) and (photo_targets.max(1) == 1).all()
+    assert (photo_targets.argmax(1) == seen["labels"][fer_rows:]).all()
+    assert (targets[:fer_rows].max(1) < 1).all()  # the teacher's mix on FER-2013's faces
