@@ -281,6 +281,7 @@ def cmd_train(args) -> None:
 
 def cmd_evaluate_photos(args, model, meta) -> None:
     from ferkit import evaluation, photos
+    from ferkit.model import resolve_model
 
     photo_set = photos.read_photo_set(args.input, meta.class_names, photos.parse_label_map(args.labels))
     if args.held_out is not None:
@@ -290,17 +291,11 @@ def cmd_evaluate_photos(args, model, meta) -> None:
         _note(f"unreadable, counted as no face: {why}")
     metrics, table = evaluation.evaluate_photos(model, meta, photo_set, crops, args.min_support, args.tta,
                                                 args.resamples)
-    metrics["model"] = str(model_module_path(args.model))
+    metrics["model"] = args.model or resolve_model().name  # as given, not a path on this machine
     results = Path(args.results or Path("results") / "photos" / Path(args.input).resolve().name)
     written = evaluation.write_photo_results(metrics, table, results)
     print(evaluation.format_photo_metrics(metrics))
     _note("wrote " + ", ".join(str(p) for p in written.values()))
-
-
-def model_module_path(model) -> Path:
-    from ferkit.model import resolve_model
-
-    return resolve_model(model)
 
 
 def cmd_evaluate(args) -> None:
