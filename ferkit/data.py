@@ -34,6 +34,7 @@ import numpy as np
 
 from ferkit import _csvcodec, files
 from ferkit.errors import BadRecord, DatasetError
+from ferkit.images import IMAGE_SUFFIXES
 
 #: Canonical class names; the index is the original fer2013.csv ``emotion`` id.
 CLASS_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -52,7 +53,6 @@ SUBSETS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "fer6": (("angry", "fear", "happy", "sad", "surprise", "neutral"), {"disgust": "angry"}),
 }
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: Largest image member read from a zip or folder (FER-2013's are ~2 KB), and largest CSV (the full one is ~290 MB).
 #: Zip members are judged by these sizes from the zip directory (inflating never goes past them) and
 #: images by the pixel count their header declares, never by compression ratio: uniform faces and

@@ -6,6 +6,7 @@ import sys
 
 
 def in_colab() -> bool:
+    """Whether this runs in Google Colab (its kernel has imported google.colab)."""
     return "google.colab" in sys.modules
 
 

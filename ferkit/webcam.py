@@ -24,13 +24,13 @@ import asyncio
 import base64
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ferkit.images import decode_image_bytes, load_image
+from ferkit.notebook import in_colab
 
 FILE_ENV = "FERKIT_WEBCAM_FILE"
 #: Frames ``live()`` plays from a still image given as the camera file.
@@ -134,10 +134,6 @@ def _video_frames(path: Path, limit: int | None = None) -> list[np.ndarray]:
     return frames
 
 
-def _in_colab() -> bool:
-    return "google.colab" in sys.modules
-
-
 def _colab_photo(quality: float, timeout: float) -> np.ndarray:
     from google.colab import output
 
@@ -182,7 +178,7 @@ def take_photo(quality: float = 0.9, timeout: float = 60.0) -> np.ndarray:
     source = file_source()
     if source is not None:
         return _read_file_source(source)
-    if _in_colab():
+    if in_colab():
         return _colab_photo(quality, timeout)
     _require_notebook("take_photo()")
     if _ipykernel_major() >= 7:
@@ -209,7 +205,7 @@ async def take_photo_async(quality: float = 0.9, timeout: float = 60.0) -> np.nd
     source = file_source()
     if source is not None:
         return _read_file_source(source)
-    if _in_colab():
+    if in_colab():
         return _colab_photo(quality, timeout)
     _require_notebook("take_photo_async()")
     widget = _show_widget(quality, timeout)
@@ -275,7 +271,7 @@ def live(predictor, frame_width: int = 320, max_frames: int | None = None):
     source = file_source()
     if source is not None:
         return _live_from_file(predictor, source, frame_width, max_frames)
-    if _in_colab():
+    if in_colab():
         return _live_colab(predictor, frame_width, max_frames)
     _require_notebook("live()")
     widget = _widget_class()(mode="live", frame_width=frame_width)

@@ -206,9 +206,8 @@ async function liveStep() {
       const oldest = Math.min(...live.history.keys());
       drawTimeline($("live-timeline"), live.history.has(oldest) ? { history: live.history.get(oldest) } : null);
       const t3 = performance.now();
-      live.times.push(t3);
-      live.times = live.times.filter((t) => t > t3 - 3000);
-      const fps = live.times.length > 1 ? (live.times.length - 1) / ((t3 - live.times[0]) / 1000) : 0;
+      let fps;
+      ({ fps, times: live.times } = ferkitFrameRate(live.times, t3));
       const latencyMs = { frame: t1 - t0, ...timings, drawing: t3 - t2, total: t3 - t0 };
       state.frames += 1;
       publish(faces, latencyMs, fps);

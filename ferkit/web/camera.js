@@ -66,6 +66,14 @@ async function ferkitTakePhoto(parent, quality, timeoutMs) {
   }
 }
 
+// The frame rate every live view shows: frames over the last three seconds. `times` (ms, oldest first) gains
+// `now`; returns the rate and the times still inside the window, to pass in next time.
+function ferkitFrameRate(times, now = performance.now()) {
+  const recent = [...times, now].filter((t) => t > now - 3000);
+  const fps = recent.length > 1 ? (recent.length - 1) / ((now - recent[0]) / 1000) : 0;
+  return { fps, times: recent };
+}
+
 // Live overlay: draws boxes and labels from the kernel over the video.
 function ferkitDrawOverlay(canvas, video, faces, fps) {
   canvas.width = video.videoWidth;

@@ -19,9 +19,8 @@ async function ferkitStream(facesJson, width) {
   }
   const live = window.ferkitLive;
   if (live.stop) { ferkitClose(live.camera, live.root); window.ferkitLive = null; return "stop"; }
-  live.times.push(performance.now());
-  live.times = live.times.filter((t) => t > performance.now() - 3000);
-  const fps = live.times.length > 1 ? (live.times.length - 1) / ((live.times[live.times.length - 1] - live.times[0]) / 1000) : 0;
+  let fps;
+  ({ fps, times: live.times } = ferkitFrameRate(live.times));
   ferkitDrawOverlay(live.overlay, live.camera.video, JSON.parse(facesJson), fps);
   return JSON.stringify({frame: ferkitFrame(live.camera.video, width, 0.7), width: live.camera.video.videoWidth});
 }

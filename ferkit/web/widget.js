@@ -27,9 +27,8 @@ function render({model, el}) {
   };
   model.on("msg:custom", (message) => {
     if (message.type !== "faces" || !running) return;
-    results.push(performance.now());
-    results = results.filter((t) => t > performance.now() - 3000);
-    const fps = results.length > 1 ? (results.length - 1) / ((results[results.length - 1] - results[0]) / 1000) : 0;
+    let fps;
+    ({ fps, times: results } = ferkitFrameRate(results));
     ferkitDrawOverlay(overlay, camera.video, message.faces, fps);
     readout.textContent = fps.toFixed(1) + " FPS";
     lastFps = fps;
