@@ -330,6 +330,8 @@ def small_video(path, frames=24):
 def test_video_view_end_to_end(server, browser, tmp_path):
     page = Page(browser, server, os.environ.get("FERKIT_SCREENSHOTS"))
     page.page.click("button[data-view=video]")
+    for idle in ("#video-result", "#video-plot", "#video-links"):  # no empty player or broken image before a job
+        assert not page.page.is_visible(idle), idle
     video = small_video(tmp_path / "clip.mp4")
     page.page.set_input_files("#video-file", str(video))
     page.page.locator("#video-result").wait_for(state="visible", timeout=180000)
