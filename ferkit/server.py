@@ -131,16 +131,33 @@ def _model_info(stem: Path, meta: ModelMeta, onnx_path: Path) -> dict:
     parameters = int(sum(np.prod(numpy_helper.to_array(t).shape) for t in graph.initializer))
     info = {"parameters": parameters, "onnx_megabytes": round(onnx_path.stat().st_size / 2**20, 1),
             "architecture": meta.architecture}
-    # NAME.metrics.json beside the model (the shipped models carry theirs, in a wheel too), else the
-    # results/metrics.json that `python -m ferkit evaluate` writes in the model's folder.
+    accuracy = recorded_accuracy(stem)
+    return {**info, "accuracy": accuracy} if accuracy else info
+
+
+def recorded_accuracy(stem: Path) -> dict:
+    """The PublicTest and PrivateTest accuracy recorded for the model at ``stem``, or {} where none is.
+
+    Read from NAME.metrics.json beside the model (the shipped models carry
+    theirs, in a wheel too), else the results/metrics.json that ``python -m
+    ferkit evaluate`` writes in the model's folder. A record that cannot be
+    read (damaged, a FIFO, not about this model) is named on stderr and
+    skipped: the page then shows no accuracy, and the server still starts.
+    """
+    import sys
+
     for metrics in (stem.with_name(stem.name + ".metrics.json"), stem.parent / "results" / "metrics.json"):
-        if metrics.exists():
-            recorded = json.loads(metrics.read_text())
+        if not (metrics.exists() or metrics.is_symlink()):
+            continue
+        try:
+            recorded = json.loads(files.read_text(metrics, "metrics file", 16 * 2**20))
             if Path(recorded.get("model", "")).name == stem.name:
-                info["accuracy"] = {split: recorded[split]["accuracy"] for split in ("PublicTest", "PrivateTest")
-                                    if split in recorded}
-                break
-    return info
+                return {split: float(recorded[split]["accuracy"]) for split in ("PublicTest", "PrivateTest")
+                        if split in recorded}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+            print(f"warning: {metrics}: unreadable ({type(error).__name__}: {error}); the page shows no accuracy "
+                  f"for {stem.name}", file=sys.stderr)
+    return {}
 
 
 def models_index(entries: list[ModelEntry]) -> dict:

@@ -424,3 +424,28 @@ def test_every_command_exits_2_when_nothing_was_done(command, tmp_path, monkeypa
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1
     assert ("out.txt" if command == "convert" else "missing") in error
+
+
+@pytest.mark.parametrize("damage", ["fifo", "not json", "wrong shape"])
+def test_an_unreadable_accuracy_record_is_named_and_skipped_not_waited_on(tmp_path, capsys, damage):
+    from ferkit.server import recorded_accuracy
+
+    record = tmp_path / "m.metrics.json"
+    if damage == "fifo":
+        os.mkfifo(record)
+    else:
+        record.write_text("{" if damage == "not json" else json.dumps({"model": "m", "PublicTest": [0.7]}))
+    found = []
+    reader = threading.Thread(target=lambda: found.append(recorded_accuracy(tmp_path / "m")), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert found == [{}], "waited on the record"
+    assert f"warning: {record}: unreadable" in capsys.readouterr().err
+
+
+def test_a_readable_accuracy_record_reaches_the_page(tmp_path):
+    from ferkit.server import recorded_accuracy
+
+    (tmp_path / "m.metrics.json").write_text(json.dumps({"model": "m", "PublicTest": {"accuracy": 0.7},
+                                                         "PrivateTest": {"accuracy": 0.71}}))
+    assert recorded_accuracy(tmp_path / "m") == {"PublicTest": 0.7, "PrivateTest": 0.71}
