@@ -27,12 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ferkit import data, photos  # noqa: E402
-from ferkit.evaluation import MIN_SUPPORT  # noqa: E402
+from ferkit.evaluation import MIN_SUPPORT, class_recalls  # noqa: E402
 from ferkit.model import load_model, predict_probabilities  # noqa: E402
-
-
-def recalls(predicted: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    return np.array([(predicted[labels == k] == k).mean() for k in classes])
 
 
 def fit_offsets(log_p: np.ndarray, labels: np.ndarray, classes: np.ndarray, rounds: int = 3) -> np.ndarray:
@@ -45,7 +41,7 @@ def fit_offsets(log_p: np.ndarray, labels: np.ndarray, classes: np.ndarray, roun
             for value in grid:
                 trial = offsets.copy()
                 trial[k] = value
-                scores.append(recalls((log_p + trial).argmax(1), labels, classes).mean())
+                scores.append(class_recalls((log_p + trial).argmax(1), labels, classes).mean())
             offsets[k] = grid[int(np.argmax(scores))]
     return offsets
 
@@ -77,7 +73,7 @@ def main() -> None:
         probabilities = np.full((len(held), len(meta.class_names)), 1 / len(meta.class_names), np.float32)
         probabilities[crops.found] = predict_probabilities(model, crops.crops[crops.found], tta=args.tta)
         predicted = np.where(crops.found, probabilities.argmax(1), -1)
-        per_class = recalls(predicted, held.labels, classes)
+        per_class = class_recalls(predicted, held.labels, classes)
         neutral = per_class[list(classes).index(meta.class_names.index("neutral"))]
         command = meta.training.get("command", "")
         print(f"{name[-40:]:<40} {accuracy:>10.4f} {per_class.mean():>6.3f} {neutral:>7.3f}"
@@ -91,7 +87,7 @@ def main() -> None:
                 offsets = fit_offsets(log_p[halves != half], held.labels[halves != half], classes)
                 corrected[halves == half] = (log_p[halves == half] + offsets).argmax(1)
             corrected = np.where(crops.found, corrected, -1)
-            per_class = recalls(corrected, held.labels, classes)
+            per_class = class_recalls(corrected, held.labels, classes)
             neutral = per_class[list(classes).index(meta.class_names.index("neutral"))]
             print(f"{'  + prior correction (cross-fitted)':<40} {'':>10} {per_class.mean():>6.3f} {neutral:>7.3f}"
                   + "".join(f" {r:>8.3f}" for r in per_class), flush=True)

@@ -142,11 +142,12 @@ class PhotoValidation(keras.callbacks.Callback):
                              f"(counts {support.tolist()}); hold out a larger part or add photos")
 
     def on_epoch_end(self, epoch, logs=None):
+        from ferkit.evaluation import class_recalls
         from ferkit.model import predict_probabilities
 
         predicted = np.full(len(self.labels), -1)
         predicted[self.found] = predict_probabilities(self.model, self.crops[self.found]).argmax(1)
-        recall = [(predicted[self.labels == k] == k).mean() for k in self.counted]
+        macro = float(class_recalls(predicted, self.labels, self.counted).mean())
         if logs is not None:
-            logs["val_photos_macro_recall"] = float(np.mean(recall))
-            logs["val_selection"] = (float(logs.get("val_accuracy", 0.0)) + float(np.mean(recall))) / 2
+            logs["val_photos_macro_recall"] = macro
+            logs["val_selection"] = (float(logs.get("val_accuracy", 0.0)) + macro) / 2

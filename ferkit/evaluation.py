@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from ferkit import plots
 from ferkit.files import write_text
 from ferkit.data import FerDataset, select_classes
 from ferkit.model import ModelMeta, predict_probabilities
+
+if TYPE_CHECKING:  # only named in annotations: pandas is imported where the table is made
+    import pandas
 
 
 def align_to_model(data: FerDataset, meta: ModelMeta) -> FerDataset:
@@ -115,6 +119,11 @@ MIN_SUPPORT = 40
 NO_FACE = "(no face)"
 
 
+def class_recalls(predicted: np.ndarray, labels: np.ndarray, classes) -> np.ndarray:
+    """Recall of each class in ``classes``: the share of its photos ``predicted`` as it (-1, no face, is a miss)."""
+    return np.array([(predicted[labels == k] == k).mean() for k in classes])
+
+
 def evaluate_photos(model, meta: ModelMeta, photos, crops, min_support: int = MIN_SUPPORT, tta: bool = False,
                     resamples: int = 1000, seed: int = 0) -> tuple[dict, "pandas.DataFrame"]:
     """Pipeline metrics on a labelled photo set (:mod:`ferkit.photos`): ``(metrics, per-photo table)``.
@@ -137,13 +146,15 @@ def evaluate_photos(model, meta: ModelMeta, photos, crops, min_support: int = MI
     support = np.bincount(photos.labels, minlength=len(names))
     counted = support >= min_support
     correct = predicted == photos.labels
-    recall = np.array([correct[photos.labels == k].mean() if support[k] else np.nan for k in range(len(names))])
+    recall = np.full(len(names), np.nan)
+    recall[support > 0] = class_recalls(predicted, photos.labels, np.flatnonzero(support))
+    scores = per_class_scores(matrix, names)  # precision over the faces found; recall counts missed faces too
     metrics = {
         "source": photos.source, "photos": len(photos), "faces_found": float(crops.found.mean()),
         "accuracy": float(correct.mean()),
         "macro_recall": float(recall[counted].mean()) if counted.any() else None,
         "macro_recall_classes": [n for n, c in zip(names, counted) if c], "min_support": min_support,
-        "per_class": {name: {**per_class_scores(matrix, names)[name], "recall": float(recall[k]) if support[k] else None,
+        "per_class": {name: {**scores[name], "recall": float(recall[k]) if support[k] else None,
                              "support": int(support[k])} for k, name in enumerate(names)},
         "class_names": names, "confusion_matrix": matrix.tolist(),
         "confusion_matrix_normalized": (matrix / np.maximum(matrix.sum(1, keepdims=True), 1)).round(4).tolist(),

@@ -108,9 +108,8 @@ def parse_label_map(pairs: str | list[str] | None) -> dict[str, str]:
 def is_photo_set(path: str | os.PathLike) -> bool:
     """Whether ``path`` looks like a labelled photo set rather than FER-2013 (which has train/ and test/)."""
     path = Path(path)
-    if path.is_file():
-        return path.suffix.lower() == ".csv" and _csv_header(path)[:1] != ["emotion"] and \
-            {"file", "label"} <= set(_csv_header(path))
+    if path.is_file():  # a labels.csv has file and label columns; FER-2013's CSV has emotion, pixels, Usage
+        return path.suffix.lower() == ".csv" and {"file", "label"} <= set(_csv_header(path))
     if not path.is_dir():
         return False
     if (path / "labels.csv").is_file():

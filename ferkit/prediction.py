@@ -209,12 +209,13 @@ class Predictor:
         fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
         total = _declared_frames(capture)
         frame_pixels = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) * capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        if total is None and max_frames is not None:  # a live recording declares no length: count first
+        counted = total is None and max_frames is not None
+        if counted:  # a live recording declares no length: count first, up to one past the limit
             total = _count_frames(str(source), max_frames + 1)
         if max_frames is not None and total is not None and total > max_frames:
             capture.release()
-            raise ImageError(f"{source}: {'more than ' if total > max_frames else ''}{max_frames} frames, over "
-                             "the limit; pass max_frames= (or --max-frames) to allow it, or cut the video")
+            raise ImageError(f"{source}: {f'more than {max_frames}' if counted else total} frames, over the limit of "
+                             f"{max_frames}; pass max_frames= (or --max-frames) to allow it, or cut the video")
         if self.max_pixels is not None and frame_pixels > self.max_pixels:
             capture.release()
             raise ImageError(f"{source}: frames of {frame_pixels / 1e6:.0f} megapixels, over the limit of "

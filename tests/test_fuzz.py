@@ -298,37 +298,23 @@ def test_arrays_of_any_range_are_read_or_refused_by_name(dtype, low, span, seed)
         assert (np.diff(loaded[:, :, 0].ravel()[order].astype(int)) >= 0).all()
 
 
-def _npy(descr, shape, fortran_order, payload):
-    """A .npy file with an arbitrary header (what np.save would never write) followed by ``payload``."""
-    header = repr({"descr": descr, "fortran_order": fortran_order, "shape": shape}).encode("latin1")
-    header += b" " * (-(len(header) + 11) % 64) + b"\n"
-    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + payload
+from test_data import ferkit_npz, npy_bytes  # noqa: E402  (tests/ is on sys.path): one way to build an .npz
 
 
 npy_descrs = st.sampled_from(["|u1", "<i8", ">i4", "|b1", "<f4", "<U7", "<U0", "|S3", "|V0", "|O", "<c16",
                               [("a", "<i4")], [("a", "|O")], ("|u1", (1000, 1000))])
 npy_shapes = st.lists(st.one_of(st.integers(0, 4), st.just(48), st.integers(0, 10**9), st.integers(-3, -1)),
                       max_size=4).map(tuple)
-hostile_npy = st.builds(_npy, npy_descrs, npy_shapes, st.booleans(), st.binary(max_size=3000))
+hostile_npy = st.builds(npy_bytes, npy_descrs, npy_shapes, st.binary(max_size=3000), st.booleans())
 
 
 @FUZZ
 @given(members=st.dictionaries(st.sampled_from(["images", "labels", "splits", "class_names"]), hostile_npy),
        cut=st.one_of(st.none(), st.floats(0, 1)))
 def test_hostile_npz_headers_give_a_dataset_or_a_dataset_error_within_bounded_memory(tmp_path_factory, members, cut):
-    import io
     import tracemalloc
 
-    arrays = {"images": np.full((3, 48, 48), 120, np.uint8), "labels": np.array([0, 3, 6]),
-              "splits": np.array([0, 1, 2]), "class_names": np.array(data.CLASS_NAMES)}
-    path = tmp_path_factory.mktemp("npz") / "fuzz.npz"
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, array in arrays.items():
-            if name not in members:
-                buffer = io.BytesIO()
-                np.save(buffer, array)
-                members[name] = buffer.getvalue()
-            archive.writestr(f"{name}.npy", members[name])
+    path = ferkit_npz(tmp_path_factory.mktemp("npz") / "fuzz.npz", **members)
     if cut is not None:  # truncated data: a download or copy cut short
         path.write_bytes(path.read_bytes()[: int(cut * path.stat().st_size)])
     tracemalloc.start()

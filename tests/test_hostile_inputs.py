@@ -6,7 +6,6 @@ refusal that names the file and says what to do, or the right answer.
 (Dataset files: tests/test_data.py; the web server: tests/test_server_security.py.)
 """
 
-import io
 import json
 import multiprocessing
 import os
