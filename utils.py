@@ -18,7 +18,10 @@ from ferkit.data import (  # noqa: F401
     write_npz,
 )
 from ferkit.evaluation import evaluate, format_metrics, write_results  # noqa: F401
-from ferkit.model import build_model, load_model, save_model  # noqa: F401
+from ferkit.architectures import build_model  # noqa: F401
+from ferkit.model import load_model, save_model  # noqa: F401
 from ferkit.plots import plot_class_balance, plot_confusion_matrix, plot_samples, plot_training_curves  # noqa: F401
 from ferkit.sample import cartoon_faces, write_image_layout  # noqa: F401
-from ferkit.training import Augmentation, TrainConfig, join_histories, read_history, train  # noqa: F401
+from ferkit.augmentation import Augmentation  # noqa: F401
+from ferkit.history import join_histories, read_history  # noqa: F401
+from ferkit.training import TrainConfig, train  # noqa: F401

@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from ferkit import data
-from timing import median_seconds
+from ferkit.settings import CLASS_NAMES, SPLITS
+from common import median_seconds
 
 
 def naive_zip_to_arrays(path):
@@ -31,7 +32,7 @@ def naive_zip_to_arrays(path):
             if name.endswith(".jpg"):
                 raw = np.frombuffer(archive.read(name), np.uint8)
                 images.append(cv2.imdecode(raw, cv2.IMREAD_GRAYSCALE))
-                labels.append(data.CLASS_NAMES.index(name.split("/")[-2]))
+                labels.append(CLASS_NAMES.index(name.split("/")[-2]))
     return np.stack(images), np.array(labels)
 
 
@@ -39,7 +40,7 @@ def naive_folder_to_arrays(root):
     images, labels = [], []
     for path in sorted(Path(root).glob("*/*/*.jpg")):
         images.append(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE))
-        labels.append(data.CLASS_NAMES.index(path.parent.name))
+        labels.append(CLASS_NAMES.index(path.parent.name))
     return np.stack(images), np.array(labels)
 
 
@@ -48,7 +49,7 @@ def naive_write_csv(dataset, path):
         writer = csv.writer(f)
         writer.writerow(["emotion", "pixels", "Usage"])
         for image, label, split in zip(dataset.images, dataset.labels, dataset.splits):
-            writer.writerow([int(label), " ".join(map(str, image.ravel())), data.SPLITS[split]])
+            writer.writerow([int(label), " ".join(map(str, image.ravel())), SPLITS[split]])
 
 
 def naive_read_csv(path):

@@ -27,16 +27,11 @@ offset per axis (in units of the side; training draws it from ``+- shift``).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ferkit import data, faces, fidelity  # noqa: E402
-from bench_pipeline import DETECTION_CACHE  # noqa: E402
+from common import DETECTION_CACHE  # first: puts this checkout's ferkit on sys.path
+from ferkit import data, faces, fidelity
 
 THRESHOLDS = (0.6, 0.5, 0.4, 0.3)
 

@@ -26,7 +26,8 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from timing import median_seconds
+
+from common import median_seconds
 
 PEER_SCRIPT = """
 import json, statistics, sys, time

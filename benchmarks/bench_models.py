@@ -16,33 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ferkit import data, fidelity  # noqa: E402
-from ferkit.model import load_model, networks_of, predict_probabilities, resolve_model, traced_forward  # noqa: E402
-from bench_pipeline import DETECTION_CACHE  # noqa: E402
-
-
-def throughput(forwards: dict, batch: int, rounds: int = 5, calls: int = 40) -> dict:
-    """Faces per second per model: the median over ``rounds`` of ``calls`` timed calls, models interleaved."""
-    x = np.random.default_rng(0).uniform(0, 255, (batch, 48, 48, 1)).astype(np.float32)
-    times = {name: [] for name in forwards}
-    for forward in forwards.values():
-        forward(x)
-    for _ in range(rounds):
-        for name, forward in forwards.items():
-            started = time.perf_counter()
-            for _ in range(calls):
-                forward(x).numpy()
-            times[name].append((time.perf_counter() - started) / calls)
-    return {name: batch / float(np.median(values)) for name, values in times.items()}
+from common import DETECTION_CACHE, throughput  # first: puts this checkout's ferkit on sys.path
+from ferkit import data, fidelity
+from ferkit.inference import predict_probabilities, traced_forward
+from ferkit.model import load_model, networks_of, resolve_model
 
 
 def through_blends(training: dict) -> dict:

@@ -21,20 +21,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ferkit import data, faces, fidelity  # noqa: E402
-from ferkit.model import load_model, predict_probabilities  # noqa: E402
-
-#: Where the benchmarks keep detections (``fidelity.detect``'s cache): they depend on the frames and the
-#: detector, not on the model, so the next model or crop setting is scored without detecting again.
-DETECTION_CACHE = ROOT / "checkpoints" / "detections"
+from common import DETECTION_CACHE  # first: puts this checkout's ferkit on sys.path
+from ferkit import data, faces, fidelity
+from ferkit.inference import predict_probabilities
+from ferkit.model import load_model
 
 
 #: The settings ``--tune`` tries, each in turn at the best of those before (``--margins`` etc. narrow them).

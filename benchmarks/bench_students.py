@@ -12,14 +12,11 @@ untrained. Faces/s are medians of interleaved timed calls of each traced graph
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ferkit.model import build_model, lite_network, load_model, traced_forward  # noqa: E402
-from bench_models import throughput  # noqa: E402
+from common import throughput  # first: puts this checkout's ferkit on sys.path
+from ferkit.architectures import build_model, lite_network
+from ferkit.inference import traced_forward
+from ferkit.model import load_model
 
 # (convolutions, filters) at 48, 24, 12 and 6 px; lite is [(1, 16), (1, 64), (2, 128), (1, 256)]
 CANDIDATES = {

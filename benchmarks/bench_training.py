@@ -34,10 +34,11 @@ import argparse
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
+
+from common import median_seconds
 
 
 def timed_rounds(arms, steps, repeats, batch_size):
@@ -59,15 +60,13 @@ def timed_rounds(arms, steps, repeats, batch_size):
 
 
 def timed_input(dataset, steps, repeats, batch_size):
-    """Median images/second of reading ``dataset``'s batches alone: ``repeats`` epochs after a warm-up one."""
-    rates = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
+    """Images/second of reading ``dataset``'s batches alone: the median of ``repeats`` epochs after a warm-up one."""
+    def epoch():
         for index in range(steps):
             dataset[index]
         dataset.on_epoch_end()
-        rates.append(steps * batch_size / (time.perf_counter() - start))
-    return statistics.median(rates[1:])
+
+    return steps * batch_size / median_seconds(epoch, repeats)
 
 
 def op_kind(name: str) -> str:
@@ -122,8 +121,9 @@ def main():
     import keras
     import tensorflow as tf
 
-    from ferkit.model import build_model, with_fused_batchnorm
-    from ferkit.training import Augmentation, choose_precision, make_dataset
+    from ferkit.architectures import build_model, with_fused_batchnorm
+    from ferkit.augmentation import Augmentation, make_dataset
+    from ferkit.hardware import choose_precision
 
     rng = np.random.default_rng(0)
     # One timed epoch is exactly one pass over the images, as in real training.
@@ -172,13 +172,12 @@ def main():
         infer = {}
         for label, batch, reps in (("1", batch1, 200), ("64", batch64, 20)):
             forward(batch)
-            times = []
-            for _ in range(5):
-                start = time.perf_counter()
+
+            def calls(batch=batch, reps=reps):
                 for _ in range(reps):
                     np.asarray(forward(batch))
-                times.append((time.perf_counter() - start) / reps)
-            infer[label] = len(batch) / statistics.median(times)
+
+            infer[label] = len(batch) * reps / median_seconds(calls, 5, warmup=False)
         if args.profile:
             profiles[name] = profile_step(*arms[policy], args.steps)
         rows.append((name, float_model.count_params(), ours_rate, ours_float32_rate, built_in_rate, naive_rate,

@@ -25,11 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from test_browser import CHROMIUM, free_port, write_y4m  # noqa: E402
-from test_webapp import ARGS, ENV, wait_for  # noqa: E402
+from common import (CHILD_ENV, CHROMIUM, NOTEBOOK_SETUP, PAGE_ARGS, ROOT, free_port, notebook, output_text,
+                    run_all_cells, start_jupyter, wait_for, write_y4m)
 
 STAGES = ("frame", "detector", "crop", "classifier", "drawing", "total")
 
@@ -56,40 +53,19 @@ def measure_page(browser, url: str, seconds: float) -> dict:
 
 def notebook_live_fps(browser_args: list[str], seconds: float) -> float:
     """The notebook live mode for real: JupyterLab, the anywidget camera, the kernel answering each frame."""
-    import json
-    import urllib.request
+    from playwright.sync_api import sync_playwright
 
-    from test_browser import SETUP, notebook, output_text
-
-    folder = Path(tempfile.mkdtemp())
-    port, token = free_port(), "ferkit-bench"
-    env = {k: v for k, v in ENV.items() if k != "FERKIT_WEBCAM_FILE"}
-    env["JUPYTER_CONFIG_DIR"] = str(folder / "config")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}", "--LabApp.news_url=None", "--allow-root"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    folder, token = Path(tempfile.mkdtemp()), "ferkit-bench"
+    server, url = start_jupyter(folder, token)
     try:
-        wait_for(f"{url}/api/status?token={token}", server, 120)
-        cells = [SETUP, "view = live(predictor)",
+        cells = [NOTEBOOK_SETUP, "view = live(predictor)",
                  f"import asyncio\nawait asyncio.sleep(5)\nfirst = view.answered\nawait asyncio.sleep({seconds})\n"
                  f"print('LIVE', (view.answered - first) / {seconds})"]
         notebook(folder / "bench.ipynb", cells)
-        request = urllib.request.Request(f"{url}/api/sessions?token={token}", method="POST",
-                                         headers={"Content-Type": "application/json"},
-                                         data=json.dumps({"path": "bench.ipynb", "type": "notebook", "name": "bench.ipynb",
-                                                          "kernel": {"name": "python3"}}).encode())
-        urllib.request.urlopen(request, timeout=30)
-        from playwright.sync_api import sync_playwright
-
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=browser_args)
             page = browser.new_page()
-            page.goto(f"{url}/lab/tree/bench.ipynb?token={token}")
-            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90000)
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_text("Run All Cells", exact=True).click()
+            run_all_cells(page, url, token, "bench.ipynb")
             fps = float(output_text(page, "LIVE", int((seconds + 120) * 1000)).split()[1])
             browser.close()
         return fps
@@ -129,7 +105,7 @@ def main() -> None:
     port = free_port()
     command = [sys.executable, "-m", "ferkit", "serve", "--no-browser", "--port", str(port)]
     command += ["--model", args.model] if args.model else []
-    server = subprocess.Popen(command, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(command, env=CHILD_ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = []
     try:
         url = f"http://127.0.0.1:{port}/"
@@ -137,14 +113,14 @@ def main() -> None:
         y4m = write_y4m(Path(tempfile.mkdtemp()) / "face.y4m", sample_image())
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                 args=ARGS + [f"--use-file-for-fake-video-capture={y4m}"])
+                                                 args=PAGE_ARGS + [f"--use-file-for-fake-video-capture={y4m}"])
             for threads in (1, 2):
                 rows.append(measure_page(browser, f"{url}?threads={threads}", args.seconds))
             browser.close()
     finally:
         server.terminate()
         server.wait(20)
-    camera = ARGS + [f"--use-file-for-fake-video-capture={y4m}"]
+    camera = PAGE_ARGS + [f"--use-file-for-fake-video-capture={y4m}"]
     notebook = notebook_live_fps(camera, args.seconds) if args.model is None else None
     kernel = notebook_kernel_fps(args.model, args.seconds)
 

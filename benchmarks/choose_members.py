@@ -24,12 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ferkit import data, fidelity  # noqa: E402
-from ferkit.model import load_model, networks_of, predict_probabilities  # noqa: E402
-from bench_pipeline import DETECTION_CACHE  # noqa: E402
+from common import DETECTION_CACHE  # first: puts this checkout's ferkit on sys.path
+from ferkit import data, fidelity
+from ferkit.inference import predict_probabilities
+from ferkit.model import load_model, networks_of
 
 TARGET_CONDITIONS = [c for c in fidelity.CONDITIONS if c.size[0] >= 96]
 

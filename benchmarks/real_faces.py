@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ferkit import data, photos  # noqa: E402
-from ferkit.evaluation import MIN_SUPPORT, class_recalls  # noqa: E402
-from ferkit.model import load_model, predict_probabilities  # noqa: E402
+from common import PHOTO_CROP_CACHE, ROOT  # first: puts this checkout's ferkit on sys.path
+from ferkit import data, photos
+from ferkit.evaluation import MIN_SUPPORT, class_recalls
+from ferkit.inference import predict_probabilities
+from ferkit.model import load_model
 
 
 def fit_offsets(log_p: np.ndarray, labels: np.ndarray, classes: np.ndarray, rounds: int = 3) -> np.ndarray:
@@ -63,7 +60,7 @@ def main() -> None:
         model, meta = load_model(name)
         photo_set = photos.read_photo_set(args.photos, list(meta.class_names))
         held = photo_set.split_by_identity(args.held_out)[1]
-        crops = photos.crop_photos(held, meta, cache_dir=ROOT / "checkpoints" / "photo_crops", progress=False)
+        crops = photos.crop_photos(held, meta, cache_dir=PHOTO_CROP_CACHE, progress=False)
         support = np.bincount(held.labels, minlength=len(meta.class_names))
         classes = np.flatnonzero(support >= MIN_SUPPORT)
         if not printed_header:

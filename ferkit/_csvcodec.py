@@ -74,7 +74,7 @@ def read_fer_csv(stream: BinaryIO, name: str, n_classes: int, split_names: Seque
 
     Returns ``labels`` (N,) int64, ``splits`` (N,) int8, ``pixels`` (N, 2304)
     uint8 for the good rows, and the bad rows as a list of ``BadRecord``.
-    Raises :class:`ferkit.data.DatasetError` when the header is unusable.
+    Raises :class:`ferkit.errors.DatasetError` when the header is unusable.
     """
     lines = iter_lines(stream)
     first = next(lines, b"")

@@ -9,6 +9,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ferkit.evaluation import MIN_SUPPORT, class_recalls
+from ferkit.files import require_regular_file
+from ferkit.inference import predict_probabilities
+from ferkit.plots import plot_training_curves
+
 
 class ThresholdStop(keras.callbacks.Callback):
     """Stop training once ``accuracy >= accuracy`` and ``val_accuracy >= val_accuracy``.
@@ -78,8 +83,6 @@ class WeightAverage(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.path is not None and self.path.exists():
-            from ferkit.files import require_regular_file
-
             with np.load(require_regular_file(self.path, "weight average checkpoint")) as saved:
                 self.epochs = [int(e) for e in saved["epochs"]]
                 self.average = [saved[f"w{i}"] for i in range(len(saved.files) - 1)]
@@ -110,10 +113,8 @@ class LivePlot(keras.callbacks.Callback):
         self.history.append({"epoch": epoch, **(logs or {})})
         if (epoch + 1) % self.every:
             return
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # notebooks only: neither is needed to train
         from IPython.display import clear_output, display
-
-        from ferkit.plots import plot_training_curves
 
         clear_output(wait=True)
         figure = plot_training_curves(self.history)
@@ -132,7 +133,7 @@ class PhotoValidation(keras.callbacks.Callback):
     """
 
     def __init__(self, crops: np.ndarray, labels: np.ndarray, found: np.ndarray, num_classes: int,
-                 min_support: int = 40):
+                 min_support: int = MIN_SUPPORT):
         super().__init__()
         self.crops, self.labels, self.found = crops, labels, found
         support = np.bincount(labels, minlength=num_classes)
@@ -142,9 +143,6 @@ class PhotoValidation(keras.callbacks.Callback):
                              f"(counts {support.tolist()}); hold out a larger part or add photos")
 
     def on_epoch_end(self, epoch, logs=None):
-        from ferkit.evaluation import class_recalls
-        from ferkit.model import predict_probabilities
-
         predicted = np.full(len(self.labels), -1)
         predicted[self.found] = predict_probabilities(self.model, self.crops[self.found]).argmax(1)
         macro = float(class_recalls(predicted, self.labels, self.counted).mean())

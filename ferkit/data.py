@@ -1,4 +1,4 @@
-"""Reading FER-2013 wherever the user has it, and writing it back as CSV.
+"""FER-2013 in memory (:class:`FerDataset`): read wherever the user has it, written back as CSV or .npz.
 
 One entry point, :func:`load_fer2013`, takes a path and works out the format:
 
@@ -12,35 +12,36 @@ One entry point, :func:`load_fer2013`, takes a path and works out the format:
 Every source is mapped onto one canonical class order, :data:`CLASS_NAMES`,
 which is the original challenge's label order (0=angry ... 6=neutral), so a
 label id means the same thing everywhere in the project.
+
+This module holds the dataset type, the entry point, class subsets, summaries
+and the writers; each source's reader has a module of its own:
+:mod:`ferkit.dataset_layout` (the image layout in a zip or folder, as records),
+:mod:`ferkit.dataset_images` (decoding those images), :mod:`ferkit.dataset_csv`
+and :mod:`ferkit.dataset_npz`, all bounded by :mod:`ferkit.dataset_zip`'s
+limits on zip members.
 """
 
 from __future__ import annotations
 
-import io
-import math
-import mmap
 import os
-import re
-import struct
-import sys
 import zipfile
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ferkit import _csvcodec, files
+from ferkit.dataset_csv import csv_member, looks_like_csv, read_csv, read_csv_member
+from ferkit.dataset_images import decode_records
+from ferkit.dataset_layout import MAX_IMAGE_BYTES, folder_records, zip_records
+from ferkit.dataset_npz import read_npz
+from ferkit.dataset_zip import ZipMembers
 from ferkit.errors import BadRecord, DatasetError
-from ferkit.images import IMAGE_SUFFIXES
+from ferkit.progress import Meter
+from ferkit.progress import progress as report
+from ferkit.settings import CLASS_NAMES, SPLITS
 
-#: Canonical class names; the index is the original fer2013.csv ``emotion`` id.
-CLASS_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-#: The challenge's splits. Select models on PublicTest, report PrivateTest.
-SPLITS: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
-IMAGE_SIZE = 48
 #: Environment variable naming the dataset (zip, folder, CSV or .npz).
 DATA_ENV = "FERKIT_DATA"
 
@@ -52,20 +53,6 @@ SUBSETS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     # Disgust (1.5% of the data) folded into angry, its most frequent confusion.
     "fer6": (("angry", "fear", "happy", "sad", "surprise", "neutral"), {"disgust": "angry"}),
 }
-
-#: Largest image member read from a zip or folder (FER-2013's are ~2 KB), and largest CSV (the full one is ~290 MB).
-#: Zip members are judged by these sizes from the zip directory (inflating never goes past them) and
-#: images by the pixel count their header declares, never by compression ratio: uniform faces and
-#: CSVs of them legitimately compress 1000:1.
-MAX_IMAGE_BYTES = 32 * 2**20
-MAX_CSV_BYTES = 2 * 2**30
-#: Largest image decoded, by the size its header declares. FER-2013's are 48x48; this leaves room for
-#: ``resize`` of large face crops while one image costs at most ~17 MB to decode.
-MAX_DATASET_IMAGE_PIXELS = 4096 * 4096
-#: Largest array read from a .npz (the full dataset's images are 83 MB).
-MAX_NPZ_ARRAY_BYTES = 2 * 2**30
-_FOLDER_SPLIT = {"train": "Training", "test": None}  # test/ holds Public and Private
-_NAME_SPLIT = re.compile(r"^(Training|PublicTest|PrivateTest)_(\d+)")
 
 
 @dataclass(frozen=True)
@@ -149,7 +136,7 @@ def download_fer2013() -> Path:
     ``KAGGLE_KEY``, or ``~/.kaggle/kaggle.json``) and network access.
     """
     try:
-        import kagglehub
+        import kagglehub  # optional: only this function needs it
     except ImportError as error:
         raise DatasetError("downloading needs kagglehub: `pip install kagglehub` (preinstalled in Colab), "
                            "or download fer2013.zip from Kaggle by hand and pass its path") from error
@@ -193,20 +180,19 @@ def load_fer2013(
         except OSError as error:
             raise DatasetError(str(error)) from None
     if path.is_dir():
-        records = _folder_records(path)
-        data = _decode_records(records, str(path), resize=resize, progress=progress)
+        data = _decode(folder_records(path), path, resize, progress)
     elif path.suffix.lower() == ".npz":
-        data = _read_npz(path)
+        data = read_npz(path)
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
-            inner_csv = _csv_member(archive)
+            inner_csv = csv_member(archive)
             if inner_csv is not None:  # e.g. Kaggle's deadskull7/fer2013: fer2013.csv in a zip
-                data = _read_csv_member(archive, inner_csv, f"{path.name}:{inner_csv.filename}")
+                data = read_csv_member(archive, inner_csv, f"{path.name}:{inner_csv.filename}")
             else:
-                records = _zip_records(archive, path, _ZipMembers(archive, raw))
-                data = _decode_records(records, str(path), resize=resize, progress=progress)
-    elif _looks_like_csv(path):
-        data = _read_csv(path)
+                records = zip_records(archive, path, ZipMembers(archive, raw, MAX_IMAGE_BYTES))
+                data = _decode(records, path, resize, progress)
+    elif looks_like_csv(path):
+        data = read_csv(path)
     else:
         hint = " (it ends in .zip but is not a zip archive: is the download complete?)" if path.suffix.lower() == ".zip" else ""
         raise DatasetError(
@@ -222,6 +208,12 @@ def load_fer2013(
     return FerDataset(images=images, labels=labels, splits=splits, source=str(path), skipped=tuple(bad))
 
 
+def _decode(records, source: Path, resize: bool, progress: bool):
+    """:func:`decode_records`, reporting progress (:mod:`ferkit.progress`)."""
+    with Meter(f"reading {source.name}", len(records), "image", progress) as meter:
+        return decode_records(records, resize=resize, on_progress=meter.update)
+
+
 def _bad_summary(path: Path, bad: Sequence[BadRecord], shown: int = 10) -> str:
     lines = [f"{path}: {len(bad)} bad record{'s' * (len(bad) != 1)} "
              "(use on_error='skip' / --skip-bad to leave them out and get this list back):"]
@@ -232,448 +224,7 @@ def _bad_summary(path: Path, bad: Sequence[BadRecord], shown: int = 10) -> str:
 
 
 # ----------------------------------------------------------------------------
-# Image sources: zip and folder share the path rules and the decoder
-
-
-@dataclass(frozen=True)
-class _ImageRecord:
-    name: str  # path inside the zip / relative to the folder, for messages
-    split: int
-    label: int
-    order: tuple
-    read: Callable[[], bytes]
-    problem: str | None = None
-
-
-def _classify_path(parts: Sequence[str]) -> tuple[int, int, tuple] | str | None:
-    """(split, label, sort key) for ``.../train|test/<class>/<file>``, a problem
-    string for an image that breaks the layout, or None for a file outside it."""
-    if len(parts) < 3 or parts[-3].lower() not in _FOLDER_SPLIT:
-        if any(p.lower() in _FOLDER_SPLIT for p in parts[:-3]) and parts[-1].lower().endswith(IMAGE_SUFFIXES):
-            return "in a subfolder of a class folder; images go directly in train/<class>/ or test/<class>/"
-        return None
-    folder, class_folder, filename = parts[-3].lower(), parts[-2], parts[-1]
-    if class_folder.lower() not in CLASS_NAMES:
-        return f"unknown class folder {class_folder!r} (expected one of {', '.join(CLASS_NAMES)})"
-    match = _NAME_SPLIT.match(filename)
-    if match is None:
-        if folder == "test":
-            return "file name must start with PublicTest_ or PrivateTest_ to tell the two test splits apart"
-        split_name, number = "Training", -1
-    else:
-        split_name, number = match[1], int(match[2])
-    expected = _FOLDER_SPLIT[folder]
-    if (expected and split_name != expected) or (folder == "test" and split_name == "Training"):
-        return f"a {split_name} image inside {folder}/"
-    split = SPLITS.index(split_name)
-    return split, CLASS_NAMES.index(class_folder.lower()), (split, number, "/".join(parts))
-
-
-def _is_os_junk(parts: Sequence[str]) -> bool:
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
-
-
-class _ZipMembers:
-    """Reads members straight from a memory map of the archive.
-
-    ``ZipFile.read`` costs ~20 us of Python per call, which for 35,887 tiny
-    JPEGs is most of the load time; slicing the mapped file and inflating with
-    zlib (CRC still checked) is ~6x faster. Other compressions and encrypted
-    members go through ``ZipFile.read``.
-    """
-
-    def __init__(self, archive: zipfile.ZipFile, raw) -> None:
-        self.archive = archive
-        self.buffer = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
-
-    def read(self, info: zipfile.ZipInfo) -> bytes:
-        check_member(info, MAX_IMAGE_BYTES)
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            return read_member(self.archive, info, MAX_IMAGE_BYTES)
-        offset = info.header_offset
-        if self.buffer[offset:offset + 4] != b"PK\x03\x04":
-            raise DatasetError(f"{info.filename}: corrupt zip entry (bad local header)")
-        name_length, extra_length = struct.unpack_from("<HH", self.buffer, offset + 26)
-        start = offset + 30 + name_length + extra_length
-        stored = self.buffer[start:start + info.compress_size]
-        try:
-            # Never inflate past the declared size: a lying header cannot make this allocate more.
-            data = zlib.decompressobj(-15).decompress(stored, info.file_size + 1) \
-                if info.compress_type == zipfile.ZIP_DEFLATED else stored
-        except zlib.error as error:
-            raise DatasetError(f"{info.filename}: corrupt zip entry ({error})") from error
-        if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
-            raise DatasetError(f"{info.filename}: corrupt zip entry (CRC mismatch)")
-        return data
-
-
-def check_member(info: zipfile.ZipInfo, max_bytes: int, where: str | None = None) -> None:
-    """Refuse a zip member before reading it: encrypted, or larger than ``max_bytes`` uncompressed.
-
-    The uncompressed size is the zip directory's, which the readers never
-    inflate past, so it bounds the memory a member can take however well it
-    compresses. ``where`` names the member in messages (default: its name).
-    """
-    where = where or info.filename
-    if info.flag_bits & 0x1:
-        raise DatasetError(f"{where}: encrypted zip member; FER-2013 archives are not encrypted: "
-                           "extract it with its password and give the folder")
-    if info.file_size > max_bytes:
-        raise DatasetError(f"{where}: {info.file_size / 2**20:.0f} MiB uncompressed, over the limit of "
-                           f"{max_bytes / 2**20:.0f} MiB for this kind of member; not read")
-
-
-def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> bytes:
-    """A zip member's bytes, within the limits of :func:`check_member`; every failure is a DatasetError naming it."""
-    check_member(info, max_bytes)
-    try:
-        with archive.open(info) as member:
-            data = member.read(max_bytes + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as error:
-        raise DatasetError(f"{info.filename}: corrupt or unreadable zip member ({error})") from None
-    if len(data) > max_bytes:
-        raise DatasetError(f"{info.filename}: larger than its header says, over {max_bytes / 2**20:.0f} MiB; not read")
-    return data
-
-
-def _zip_records(archive: zipfile.ZipFile, path: Path, members: _ZipMembers) -> list[_ImageRecord]:
-    records = []
-    for info in archive.infolist():
-        name = info.filename
-        parts = name.replace("\\", "/").split("/")
-        if name.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", name):
-            # Never trust member names: a crafted archive could point outside any
-            # folder it is extracted to ("zip slip").
-            raise DatasetError(f"{path}: unsafe member path {name!r} escapes the archive; refusing to read it")
-        if info.is_dir() or _is_os_junk(parts):
-            continue
-        records.append(_make_record(parts, name, lambda info=info: members.read(info)))
-    return _finish_records(records, path)
-
-
-def _folder_records(root: Path) -> list[_ImageRecord]:
-    records = []
-    top = str(root)
-    folders = {_folder_id(top): ""}  # each real folder read, by the name it was read under
-
-    def unlistable(error: OSError) -> None:  # os.walk would otherwise skip the folder without a word
-        name = os.path.relpath(error.filename or top, top).replace(os.sep, "/")
-        records.append(_problem_record(name, f"cannot list this folder ({error.strerror or error}); "
-                                             "check its permissions"))
-
-    # Plain strings rather than pathlib: ~10 us less per file, which is most of
-    # the cost for 35,887 tiny images.
-    for dirpath, dirnames, filenames in os.walk(top, onerror=unlistable, followlinks=True):
-        relative = os.path.relpath(dirpath, top).replace(os.sep, "/")
-        prefix = "" if relative == "." else relative + "/"
-        dirnames[:] = _new_folders(dirpath, prefix, sorted(d for d in dirnames if not _is_os_junk([d])),
-                                   folders, records)
-        for filename in filenames:
-            if filename.startswith("."):
-                continue
-            name = prefix + filename
-            full = os.path.join(dirpath, filename)
-            records.append(_make_record(name.split("/"), name, lambda full=full, name=name: _read_as(name, full)))
-    return _finish_records(records, root)
-
-
-def _folder_id(path: str) -> tuple[int, int]:
-    status = os.stat(path)
-    return status.st_dev, status.st_ino
-
-
-def _new_folders(dirpath: str, prefix: str, names: list[str], folders: dict, records: list) -> list[str]:
-    """The subfolders of ``dirpath`` to walk into: links are followed (a linked class folder is data), but
-    each real folder is read once, so a link back to an enclosing folder is reported instead of looping,
-    and a second path to a folder already read is reported instead of reading its images twice."""
-    keep = []
-    for name in names:
-        try:
-            key = _folder_id(os.path.join(dirpath, name))
-        except OSError:
-            keep.append(name)  # os.walk reports it through onerror
-            continue
-        first = folders.setdefault(key, prefix + name)
-        if first == prefix + name:
-            keep.append(name)
-        elif (prefix + name).startswith(first + "/") or not first:
-            records.append(_problem_record(prefix + name, f"link to the enclosing folder {first or '.'!r}; not "
-                                                          "followed, it would loop forever. Remove the link"))
-        else:
-            records.append(_problem_record(prefix + name, f"the same folder as {first!r}, which is read; not read "
-                                                          "twice. Remove the link or the copy"))
-    return keep
-
-
-def _problem_record(name: str, problem: str) -> _ImageRecord:
-    return _ImageRecord(name, 0, 0, (99, 0, name), lambda: b"", problem=problem)
-
-
-def _read_as(name: str, path: str) -> bytes:
-    try:
-        return _read_file(path)
-    except DatasetError as error:  # messages name the record as the dataset lists it
-        raise DatasetError(f"{name}: {str(error).split(': ', 1)[-1]}") from None
-
-
-def _read_file(path: str) -> bytes:
-    """A dataset file's bytes; links that lead nowhere, FIFOs and oversized files are DatasetErrors naming it."""
-    try:
-        files.require_regular_file(path, "image file")
-        if os.path.getsize(path) > MAX_IMAGE_BYTES:
-            raise DatasetError(f"{path}: {os.path.getsize(path) / 2**20:.0f} MiB, over the limit of "
-                               f"{MAX_IMAGE_BYTES / 2**20:.0f} MiB for one image; not read")
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as error:
-        raise DatasetError(str(error) if path in str(error) else f"{path}: cannot read ({error})") from None
-
-
-def _make_record(parts, name, read) -> _ImageRecord | None:
-    where = _classify_path(parts)
-    if where is None:
-        return None  # outside train/ and test/: a README, a licence, ...
-    if isinstance(where, str):
-        return _ImageRecord(name, 0, 0, (99, 0, name), read, problem=where)
-    if not name.lower().endswith(IMAGE_SUFFIXES):
-        return _ImageRecord(name, 0, 0, (99, 0, name), read, problem=f"not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
-    split, label, order = where
-    return _ImageRecord(name, split, label, order, read)
-
-
-def _finish_records(records, path: Path) -> list[_ImageRecord]:
-    records = sorted((r for r in records if r is not None), key=lambda r: r.order)
-    records = _flag_repeated_ids(records)
-    if not records:
-        raise DatasetError(
-            f"{path}: no images found in the FER-2013 layout "
-            "(train/<class>/Training_<id>.jpg, test/<class>/PublicTest_<id>.jpg ...)"
-        )
-    return records
-
-
-def _flag_repeated_ids(records: list[_ImageRecord]) -> list[_ImageRecord]:
-    """One image filed under two classes has no single label: every copy becomes a bad record.
-
-    Ids alone are not unique (the Kaggle copy has different faces sharing an
-    id in different classes), so copies are the files with one id and the
-    same bytes.
-    """
-    by_id: dict[tuple[int, int], list[int]] = {}
-    for i, record in enumerate(records):
-        if record.problem is None and record.order[1] >= 0:
-            by_id.setdefault(record.order[:2], []).append(i)
-    flagged = list(records)
-    for indices in (group for group in by_id.values() if len(group) > 1):
-        contents: dict[bytes, list[int]] = {}
-        for i in indices:
-            try:
-                contents.setdefault(records[i].read(), []).append(i)
-            except DatasetError:
-                continue  # reported when it is decoded
-        for copies in (group for group in contents.values() if len(group) > 1):
-            names = [records[i].name for i in copies]
-            for i in copies:
-                others = ", ".join(n for n in names if n != records[i].name)
-                flagged[i] = replace(records[i], problem=f"the same image is also at {others}, under another "
-                                                         "label; keep the copy whose class is right")
-    return flagged
-
-
-def decode_image(data: bytes, name: str, *, resize: bool = False) -> np.ndarray:
-    """Decode one image file's bytes to a (48, 48) uint8 grayscale array.
-
-    Raises :class:`DatasetError` naming ``name`` when the bytes are empty,
-    truncated, not an image, or not 48x48 (unless ``resize``).
-    """
-    import cv2
-
-    if not data:
-        raise DatasetError(f"{name}: empty file (0 bytes)")
-    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n").endswith(b"\xff\xd9"):
-        raise DatasetError(f"{name}: truncated JPEG (no end-of-image marker)")
-    size = _declared_size(data, name)
-    if size is None:
-        raise DatasetError(f"{name}: not a decodable image (corrupt or unsupported format)")
-    # Decoding allocates what the header declares, so a 1 MB PNG can ask for gigabytes: judge it unread.
-    if size[0] * size[1] > MAX_DATASET_IMAGE_PIXELS:
-        raise DatasetError(_over_pixel_limit(name, size[0] * size[1], size))
-    if size != (IMAGE_SIZE, IMAGE_SIZE) and not resize:
-        raise DatasetError(_wrong_size(name, *size))
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    except cv2.error as error:  # e.g. out of memory: still one named record, not a traceback
-        raise DatasetError(f"{name}: OpenCV could not decode it ({str(error).strip().splitlines()[-1]})") from None
-    if image is None:
-        raise DatasetError(f"{name}: not a decodable image (corrupt or unsupported format)")
-    if image.shape != (IMAGE_SIZE, IMAGE_SIZE):  # the header may differ, e.g. by EXIF orientation
-        if not resize:
-            raise DatasetError(_wrong_size(name, image.shape[1], image.shape[0]))
-        image = cv2.resize(image, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
-    return image
-
-
-def _wrong_size(name: str, width: int, height: int) -> str:
-    return (f"{name}: image is {width}x{height}, expected {IMAGE_SIZE}x{IMAGE_SIZE} "
-            "(pass resize=True / --resize to resize it)")
-
-
-def _over_pixel_limit(name: str, pixels: int, size: tuple[int, int] | None = None) -> str:
-    shown = f"{size[0]}x{size[1]} ({pixels / 1e6:.0f} megapixels)" if size else f"{pixels / 1e6:.0f} megapixels"
-    return (f"{name}: image is {shown}, over the limit of {MAX_DATASET_IMAGE_PIXELS / 1e6:.1f} megapixels for a "
-            f"dataset image; not decoded. FER-2013's images are {IMAGE_SIZE}x{IMAGE_SIZE}: shrink it or leave it out")
-
-
-def _declared_size(data: bytes, name: str) -> tuple[int, int] | None:
-    """(width, height) as the image's header declares them, read without decoding; None if it has none.
-
-    PNG and JPEG, FER-2013's formats, are read here in under a microsecond
-    (Pillow takes ~12 us, 0.4 s over the full dataset, a third of its load
-    time); other formats, and JPEGs this walk cannot follow, go to Pillow.
-    """
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
-    if data[:2] == b"\xff\xd8":
-        size = _jpeg_frame_size(data)
-        if size is not None:
-            return size
-    return _pillow_size(data, name)
-
-
-#: JPEG start-of-frame markers (SOF0-SOF15 but DHT, JPG and DAC), which hold the image size.
-_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
-    """The size in a JPEG's first start-of-frame segment (the one libjpeg uses), walking the segments."""
-    at = 2
-    while at + 9 <= len(data) and data[at] == 0xFF:
-        marker = data[at + 1]
-        if marker in _JPEG_FRAMES:
-            height, width = struct.unpack_from(">HH", data, at + 5)
-            return width, height
-        if marker == 0xFF:  # fill byte
-            at += 1
-        elif marker == 0xDA or marker == 0xD9:  # scan data or the end, before any frame
-            return None
-        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # segments without a length
-            at += 2
-        else:
-            at += 2 + struct.unpack_from(">H", data, at + 2)[0]
-    return None
-
-
-def _pillow_size(data: bytes, name: str) -> tuple[int, int] | None:
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as header:  # parses the header only
-                return header.size
-    except Image.DecompressionBombError as error:  # far over any limit; Pillow's message holds the pixel count
-        found = re.search(r"\((\d+) pixels\)", str(error))
-        pixels = int(found[1]) if found else MAX_DATASET_IMAGE_PIXELS + 1
-        raise DatasetError(_over_pixel_limit(name, pixels)) from None
-    except Exception:  # Pillow raises many kinds for a bad header; all mean the same here
-        return None
-
-
-def _decode_records(records, source: str, *, resize: bool, progress: bool):
-    images = np.empty((len(records), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-    ok = np.ones(len(records), bool)
-    bad: list[BadRecord] = []
-
-    def fail(i: int, error: DatasetError) -> None:
-        ok[i] = False
-        bad.append(BadRecord(records[i].name, str(error).split(": ", 1)[1]))
-
-    def decode(lo: int) -> int:
-        hi = min(lo + chunk, len(records))
-        for i in range(lo, hi):
-            try:
-                if records[i].problem:
-                    raise DatasetError(f"{records[i].name}: {records[i].problem}")
-                images[i] = decode_image(records[i].read(), records[i].name, resize=resize)
-            except DatasetError as error:
-                fail(i, error)
-        return hi - lo
-
-    # Decoding and inflating release the GIL, so threads use every core; one
-    # task per chunk keeps the pool's overhead out of the per-image cost.
-    chunk = 256
-    bar = _progress(None, len(records), f"reading {Path(source).name}", progress)
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for n in pool.map(decode, range(0, len(records), chunk)):
-            if bar is not None:
-                bar.update(n)
-    if bar is not None:
-        bar.close()
-    labels = np.fromiter((r.label for r in records), np.int64, len(records))
-    splits = np.fromiter((r.split for r in records), np.int8, len(records))
-    bad.sort(key=lambda b: b.where)
-    return images[ok], labels[ok], splits[ok], bad
-
-
-def _progress(iterable: Iterable | None, total: int, desc: str, enabled: bool, unit: str = "img"):
-    """A tqdm bar over ``iterable`` (or a bar to ``update`` by hand when None)."""
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit=unit, mininterval=0.5, leave=False, file=sys.stderr)
-
-
-# ----------------------------------------------------------------------------
-# CSV and npz
-
-
-def _looks_like_csv(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(4096).lower()
-    return b"pixels" in head.split(b"\n", 1)[0]
-
-
-def _read_csv(path: Path):
-    if path.stat().st_size > MAX_CSV_BYTES:
-        raise DatasetError(f"{path}: {path.stat().st_size / 2**30:.1f} GiB, over the limit of "
-                           f"{MAX_CSV_BYTES / 2**30:.0f} GiB for a FER CSV (the full dataset is ~0.3 GiB)")
-    with open(path, "rb") as stream:
-        return _parse_csv(stream, path.name)
-
-
-def _read_csv_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str):
-    """A FER CSV inside a zip, streamed row by row like a CSV file."""
-    check_member(info, MAX_CSV_BYTES)
-    try:
-        with archive.open(info) as stream:
-            return _parse_csv(stream, name)
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as error:
-        raise DatasetError(f"{info.filename}: corrupt or unreadable zip member ({error})") from None
-
-
-def _parse_csv(stream, name: str):
-    labels, splits, pixels, bad = _csvcodec.read_fer_csv(stream, name, len(CLASS_NAMES), SPLITS)
-    return pixels.reshape(-1, IMAGE_SIZE, IMAGE_SIZE), labels, splits, bad
-
-
-def _csv_member(archive: zipfile.ZipFile) -> zipfile.ZipInfo | None:
-    """The FER CSV inside a zip that holds no image layout, if there is one."""
-    infos = [i for i in archive.infolist() if not i.is_dir() and not _is_os_junk(i.filename.split("/"))]
-    if any(i.filename.lower().endswith(IMAGE_SUFFIXES) for i in infos):
-        return None
-    for info in infos:
-        if info.filename.lower().endswith(".csv"):
-            check_member(info, MAX_CSV_BYTES)
-            try:
-                with archive.open(info) as f:
-                    if b"pixels" in f.readline(4096).lower():
-                        return info
-            except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as error:
-                raise DatasetError(f"{info.filename}: corrupt or unreadable zip member ({error})") from None
-    return None
+# Writing
 
 
 def write_csv(data: FerDataset, path: str | os.PathLike, *, progress: bool = True) -> Path:
@@ -686,7 +237,7 @@ def write_csv(data: FerDataset, path: str | os.PathLike, *, progress: bool = Tru
     path = Path(path)
     with files.atomic_path(path) as temporary, open(temporary, "wb") as f:
         _csvcodec.write_fer_csv(f, data.images.reshape(len(data), -1), data.labels, data.splits, SPLITS,
-                                progress=lambda it, n: _progress(it, n, f"writing {path.name}", progress, "chunk"))
+                                progress=lambda chunks, n: report(chunks, f"writing {path.name}", n, "chunk", progress))
     return path
 
 
@@ -705,79 +256,6 @@ def _require_full_classes(data: FerDataset, what: str) -> None:
         raise ValueError(f"{what} files hold the full 7-class dataset with its original label ids; "
                          "write the dataset before select_classes() and select when loading")
 
-
-_NPZ_ARRAYS = ("images", "labels", "splits", "class_names")
-
-
-def _read_npz(path: Path):
-    if not zipfile.is_zipfile(path):
-        raise DatasetError(f"{path}: not a .npz archive (a .npz is a zip of arrays, as `ferkit convert DATA out.npz` "
-                           "writes); give the dataset zip, folder or CSV instead")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            present = set(archive.namelist())
-            missing = [name for name in _NPZ_ARRAYS if f"{name}.npy" not in present]
-            if missing:
-                raise DatasetError(f"{path}: not a ferkit .npz (missing {', '.join(sorted(missing))})")
-            images, labels, splits, names = (_read_npy(archive, archive.getinfo(f"{name}.npy"), path)
-                                             for name in _NPZ_ARRAYS)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as error:
-        if isinstance(error, DatasetError):
-            raise
-        raise DatasetError(f"{path}: not a readable .npz ({error})") from error
-    if names.shape != (len(CLASS_NAMES),) or tuple(str(n) for n in names) != CLASS_NAMES:
-        raise DatasetError(f"{path}: classes {tuple(names.ravel()[:10].tolist())} differ from {CLASS_NAMES}")
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise DatasetError(f"{path}: images are {images.dtype} of shape {images.shape}; expected uint8 "
-                           f"(N, {IMAGE_SIZE}, {IMAGE_SIZE})")
-    for name, values, count in (("labels", labels, len(CLASS_NAMES)), ("splits", splits, len(SPLITS))):
-        if values.ndim != 1 or len(values) != len(images) or not np.issubdtype(values.dtype, np.integer):
-            raise DatasetError(f"{path}: {name} are {values.dtype} of shape {values.shape}; expected "
-                               f"{len(images)} integers, one per image")
-        bad = np.flatnonzero((values < 0) | (values >= count))
-        if len(bad):
-            raise DatasetError(f"{path}: {name}[{bad[0]}] is {values[bad[0]]}, outside 0-{count - 1} "
-                               f"({len(bad)} such rows)")
-    return images, labels.astype(np.int64), splits.astype(np.int8), []
-
-
-def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
-    """One array of a .npz, read only once its header's shape and dtype fit the bytes the member holds.
-
-    NumPy allocates the declared shape before reading any data, so without
-    this check a 1 KB file declaring (99999999, 48, 48) asks for 215 GiB.
-    """
-    where = f"{path}: {info.filename}"
-    check_member(info, MAX_NPZ_ARRAY_BYTES, where)
-    with archive.open(info) as member:
-        shape, dtype = _npy_header(member, where)
-        available = info.file_size - member.tell()
-    if min(shape, default=0) < 0:
-        raise DatasetError(f"{where}: its header declares the shape {shape}, with a negative size: the file is "
-                           "damaged. Write it again with `ferkit convert DATA out.npz`")
-    # Every element costs at least a byte to read or loop over, even of a zero-size dtype.
-    declared = math.prod(shape) * max(dtype.itemsize, 1)
-    if declared > available:
-        raise DatasetError(f"{where}: its header declares {dtype} of shape {shape} ({declared:,} bytes) but "
-                           f"{available:,} bytes follow: the file is truncated or damaged. Write it again "
-                           "with `ferkit convert DATA out.npz`")
-    with archive.open(info) as member:
-        return np.lib.format.read_array(member, allow_pickle=False)
-
-
-def _npy_header(member, where: str) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) from a .npy header; a DatasetError naming ``where`` for anything NumPy cannot parse."""
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    try:
-        version = np.lib.format.read_magic(member)
-        if version not in readers:
-            raise ValueError(f".npy format version {version}, which ferkit does not write")
-        shape, _, dtype = readers[version](member)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError):
-        raise  # the archive's damage, not the header's: reported as such by _read_npz
-    except Exception as error:  # the header is a Python literal: parsing it can fail in many ways
-        raise DatasetError(f"{where}: not a readable .npy header ({error})") from None
-    return shape, dtype
 
 
 # ----------------------------------------------------------------------------

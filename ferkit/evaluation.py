@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ferkit import plots
-from ferkit.files import write_text
 from ferkit.data import FerDataset, select_classes
-from ferkit.model import ModelMeta, predict_probabilities
+from ferkit.files import write_text
+from ferkit.inference import predict_probabilities
+from ferkit.model import ModelMeta
 
 if TYPE_CHECKING:  # only named in annotations: pandas is imported where the table is made
     import pandas

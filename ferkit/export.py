@@ -22,6 +22,8 @@ import numpy as np
 from ferkit import files
 from ferkit.model import SHIPPED_MODELS, load_model, networks_of, resolve_model
 
+# onnx is imported where a graph is built: the command line and the server import this module and must start fast.
+
 OPSET = 17
 
 

@@ -21,37 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ferkit.settings import DETECTOR, FER2013_CROP, LOW_CONTRAST_PERCENTILE  # noqa: F401 - FER2013_CROP re-exported
+
 ASSETS = Path(__file__).parent / "assets"
 YUNET_MODEL = ASSETS / "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 DETECTORS = ("yunet", "mtcnn", "haar")
-#: Images with more pixels than this are searched on a downscaled copy (about 1280x960). A pixel budget
-#: rather than a longest side, so a long strip of faces is not shrunk below the detector's smallest face.
-DETECT_MAX_PIXELS = 1280 * 960
-#: Detections below this confidence are not faces (the default everywhere: Python, the CLI and the page).
-MIN_FACE_SCORE = 0.6
-#: With the second search, a face both searches see (boxes overlapping by IoU 0.5 or more) is kept from this
-#: much below ``min_score`` (0.4 by default): two searches at different scales rarely agree on a texture, and
-#: the faces blur, dim light and busy backgrounds push under 0.6 are often seen twice. Chosen on PublicTest
-#: frames and scikit-image's photos without faces (``benchmarks/bench_detection.py``; docs/experiments/pipeline-fidelity.md).
-CONFIRMED_SCORE_DISCOUNT = 0.2
-#: YuNet reports nothing below this score, whatever ``min_score`` asks (the page decodes with the same floor).
-YUNET_SCORE_FLOOR = 0.3
-#: Faces found only by the second, enlarged search (``upscale_search``) are kept from this side up, in pixels
-#: of the image as first searched: the faces it adds are the blurred, low-resolution ones the first search
-#: misses, while what it finds below this size is mostly texture (docs/experiments/pipeline-fidelity.md).
-UPSCALE_SEARCH_MIN_FACE = 64
-
-#: The crop that reproduces FER-2013's framing from YuNet's boxes, chosen on PublicTest with
-#: ``benchmarks/bench_pipeline.py --tune`` (docs/experiments/pipeline-fidelity.md): squared on the box's larger
-#: side, 5% smaller per side, not moved; levelling the eyes measured worse, so it is off.
-FER2013_CROP = {"face_margin": -0.05, "face_offset": 0.0, "face_align": False}
-
-#: Crops with less contrast (pixel standard deviation) than this percentile of the Training faces are
-#: stretched to the Training faces' median brightness and contrast (:func:`low_contrast_settings`): a dim,
-#: flat photo would otherwise show the model a face unlike any it learned from. Chosen on PublicTest with
-#: ``benchmarks/bench_pipeline.py --tune-lift`` (docs/experiments/pipeline-fidelity.md).
-LOW_CONTRAST_PERCENTILE = 10
+# The search settings live in ferkit.settings (the page receives the same values); these names are kept
+# because callers and the docs use them.
+DETECT_MAX_PIXELS = DETECTOR.max_pixels
+MIN_FACE_SCORE = DETECTOR.min_face_score
+CONFIRMED_SCORE_DISCOUNT = DETECTOR.confirmed_score_discount
+YUNET_SCORE_FLOOR = DETECTOR.score_floor
+UPSCALE_SEARCH_MIN_FACE = DETECTOR.upscale_search_min_face
 
 
 class DetectorUnavailable(RuntimeError):
@@ -99,10 +81,10 @@ def detect_faces(image_bgr: np.ndarray, detector: str = "yunet", min_score: floa
         low = min_score - confirmed_discount
         first, enlarged = _search(image_bgr, detector, low, scale), _search(image_bgr, detector, low, 2 * scale)
         faces = [f for f in first
-                 if f.score >= min_score or any(box_iou(f.box, g.box) >= 0.5 for g in enlarged)]
+                 if f.score >= min_score or any(box_iou(f.box, g.box) >= DETECTOR.confirm_iou for g in enlarged)]
         faces += [f for f in enlarged
                   if f.score >= min_score and max(f.box[2], f.box[3]) * scale >= UPSCALE_SEARCH_MIN_FACE
-                  and all(box_iou(f.box, g.box) < 0.3 for g in faces)]
+                  and all(box_iou(f.box, g.box) < DETECTOR.new_face_iou for g in faces)]
     else:
         faces = _search(image_bgr, detector, min_score, scale)
     faces = [_clip(f, width, height) for f in faces]
@@ -161,7 +143,9 @@ def get_detector(name: str):
 
 
 @lru_cache(maxsize=None)
-def _checked_yunet_model() -> str:
+def checked_yunet_model() -> str:
+    """The shipped YuNet file's path, once its checksum and this OpenCV are known to run it (else
+    DetectorUnavailable saying why); the web server checks it too before serving the detector."""
     import cv2
 
     if not hasattr(cv2, "FaceDetectorYN"):
@@ -179,7 +163,8 @@ def _checked_yunet_model() -> str:
 def _yunet():
     import cv2
 
-    net = cv2.FaceDetectorYN.create(_checked_yunet_model(), "", (320, 320), YUNET_SCORE_FLOOR, 0.3, 5000)
+    net = cv2.FaceDetectorYN.create(checked_yunet_model(), "", (320, 320), DETECTOR.score_floor, DETECTOR.nms_threshold,
+                                    DETECTOR.top_k)
 
     def detect(image_bgr: np.ndarray) -> list[Face]:
         net.setInputSize((image_bgr.shape[1], image_bgr.shape[0]))
@@ -307,3 +292,13 @@ def crop_face(gray: np.ndarray, face: Face, size: int, margin: float, offset: fl
     interpolation = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
     crop = cv2.resize(crop, (size, size), interpolation=interpolation)
     return lift_low_contrast(crop, **low_contrast) if low_contrast else crop
+
+
+def crop_faces(gray: np.ndarray, found: list[Face], meta, align: bool) -> np.ndarray:
+    """(N, S, S) uint8: each face cut from a grayscale image with the model's crop settings (``meta``), the one
+    crop that prediction, the web page's tests and training on photos (:mod:`ferkit.photos`) share."""
+    size = meta.input_size
+    if not found:
+        return np.zeros((0, size, size), np.uint8)
+    return np.stack([crop_face(gray, f, size, meta.face_margin, meta.face_offset, align,
+                             meta.face_low_contrast) for f in found])

@@ -11,6 +11,7 @@ the table; crop settings are chosen with it on PublicTest.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ferkit import faces as face_module
-from ferkit.model import predict_probabilities
+from ferkit.files import atomic_path, require_regular_file
+from ferkit.images import to_gray
+from ferkit.inference import predict_probabilities
 
 FRAME_SIZE = (640, 480)  # width, height: a webcam frame
 
@@ -157,8 +160,6 @@ def detect(images: np.ndarray, condition: Condition, detector: str = "yunet", se
     condition and settings, the detector's source and the code that makes and matches the frames), so
     another model, crop or run reuses them; only the frames are made again.
     """
-    from ferkit.images import to_gray
-
     stored = Path(cache) / f"{_detection_key(images, condition, detector, seed, min_score, upscale_search)}.npz" \
         if cache is not None else None
     known = _read_faces(stored) if stored is not None and stored.exists() else None
@@ -178,8 +179,6 @@ def detect(images: np.ndarray, condition: Condition, detector: str = "yunet", se
 
 
 def _detection_key(images, condition, detector, seed, min_score, upscale_search) -> str:
-    import hashlib
-
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
     digest.update(repr((condition, detector, seed, min_score, upscale_search, FRAME_SIZE)).encode())
     # The detector's module and the code that makes and matches the frames: an edit to the scoring or the
@@ -191,8 +190,6 @@ def _detection_key(images, condition, detector, seed, min_score, upscale_search)
 
 
 def _write_faces(path: Path, found: list) -> None:
-    from ferkit.files import atomic_path
-
     boxes = np.array([face.box if face else (0, 0, 0, 0) for face in found], np.int64).reshape(-1, 4)
     landmarks = np.full((len(found), 5, 2), np.nan, np.float32)
     for i, face in enumerate(found):
@@ -205,8 +202,6 @@ def _write_faces(path: Path, found: list) -> None:
 
 
 def _read_faces(path: Path) -> list:
-    from ferkit.files import require_regular_file
-
     with np.load(require_regular_file(path, "detection cache")) as stored:
         return [face_module.Face(tuple(int(v) for v in box), float(score),
                                  None if np.isnan(points).any() else points)

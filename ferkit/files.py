@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,8 +142,6 @@ def stderr_descriptor_to(fd: int) -> Iterator[bool]:
     nothing, where the process has no usable descriptor 2 (some embedded
     interpreters).
     """
-    import sys
-
     try:
         sys.stderr.flush()
         saved = os.dup(2)

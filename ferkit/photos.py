@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ferkit import faces as face_module
-from ferkit.files import read_text
+from ferkit.files import atomic_path, read_text
 from ferkit.images import IMAGE_SUFFIXES, ImageError, load_image, to_gray
+from ferkit.progress import progress as report
 
 #: The share of each class's photos ``train --photos`` holds out (by person) for validation.
 HELD_OUT_FRACTION = 0.25
@@ -204,12 +205,11 @@ def crop_photos(photos: PhotoSet, meta, detector: str = "yunet", align: bool | N
     """Find each photo's face (the largest, where there are several) and cut it as ``Predictor`` does.
 
     Detection is :func:`ferkit.faces.detect_faces` with the predictor's
-    defaults (both searches), the crop :func:`ferkit.prediction.crop_faces`
+    defaults (both searches), the crop :func:`ferkit.faces.crop_faces`
     with ``meta``'s settings. With ``cache_dir`` the result is kept in a file
     named by a hash of the photos (paths, sizes, times), the settings and the
     detector, and reused while none of them changes.
     """
-    from ferkit.prediction import crop_faces
 
     align = meta.face_align if align is None else align
     settings = {"input_size": meta.input_size, "face_margin": meta.face_margin, "face_offset": meta.face_offset,
@@ -225,8 +225,6 @@ def crop_photos(photos: PhotoSet, meta, detector: str = "yunet", align: bool | N
     size = meta.input_size
     result = PhotoCrops(np.zeros((len(photos), size, size), np.uint8), np.zeros(len(photos), bool),
                         np.zeros((len(photos), 4), np.int32), np.zeros(len(photos), np.float32))
-    from ferkit.progress import progress as report
-
     for index, path in enumerate(report(photos.files, "finding faces", unit="photo", enabled=progress)):
         try:
             image = load_image(path)
@@ -237,11 +235,9 @@ def crop_photos(photos: PhotoSet, meta, detector: str = "yunet", align: bool | N
         if not found:
             continue
         face = max(found, key=lambda f: f.box[2] * f.box[3])  # the photo's subject: its largest face
-        result.crops[index] = crop_faces(to_gray(image), [face], meta, align)[0]
+        result.crops[index] = face_module.crop_faces(to_gray(image), [face], meta, align)[0]
         result.found[index], result.boxes[index], result.scores[index] = True, face.box, face.score
     if cache is not None:
-        from ferkit.files import atomic_path
-
         with atomic_path(cache) as temporary:
             with open(temporary, "wb") as out:
                 np.savez(out, crops=result.crops, found=result.found, boxes=result.boxes, scores=result.scores,

@@ -10,22 +10,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ferkit.data import SPLITS, FerDataset
+from ferkit.data import FerDataset
+from ferkit.files import atomic_path
+from ferkit.settings import EMOTION_COLORS, SPLITS
+
+# matplotlib is imported where a figure is drawn: importing ferkit must stay fast.
 
 
 def save_figure(fig, path) -> None:
     """Save a figure (format from the suffix) to a temporary file, renamed into place when complete."""
-    from ferkit.files import atomic_path
-
     with atomic_path(path) as temporary:
         fig.savefig(temporary, dpi=120)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # optional: present only in notebooks
 
         interactive = get_ipython() is not None
     except ImportError:
@@ -39,12 +41,12 @@ def _pyplot():
 
 def close(figure) -> None:
     """Free a figure that was only saved, not shown."""
-    _pyplot().close(figure)
+    pyplot().close(figure)
 
 
 def plot_samples(data: FerDataset, per_class: int = 8, seed: int = 0, path: str | Path | None = None):
     """A grid with one row per class of ``per_class`` random Training images."""
-    plt = _pyplot()
+    plt = pyplot()
     rng = np.random.default_rng(seed)
     train = data.split("Training") if (data.splits == 0).any() else data
     fig, axes = plt.subplots(len(data.class_names), per_class, figsize=(per_class * 1.1, len(data.class_names) * 1.2))
@@ -65,7 +67,7 @@ def plot_samples(data: FerDataset, per_class: int = 8, seed: int = 0, path: str 
 
 def plot_class_balance(data: FerDataset, path: str | Path | None = None):
     """Images per class, one bar group per split."""
-    plt = _pyplot()
+    plt = pyplot()
     counts = data.counts()
     fig, ax = plt.subplots(figsize=(8, 3.5))
     width = 0.8 / len(SPLITS)
@@ -85,7 +87,7 @@ def plot_class_balance(data: FerDataset, path: str | Path | None = None):
 
 def plot_confusion_matrix(matrix_normalized, class_names, path: str | Path | None = None, title: str = ""):
     """Save a row-normalised confusion matrix as a PNG; returns the figure."""
-    plt = _pyplot()
+    plt = pyplot()
 
     matrix = np.asarray(matrix_normalized)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -108,7 +110,7 @@ def plot_confusion_matrix(matrix_normalized, class_names, path: str | Path | Non
 
 def plot_training_curves(history: list[dict], path: str | Path | None = None):
     """Accuracy and loss per epoch, training and validation (PublicTest); returns the figure."""
-    plt = _pyplot()
+    plt = pyplot()
 
     epochs = [int(r["epoch"]) + 1 for r in history]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -132,7 +134,7 @@ def plot_training_curves(history: list[dict], path: str | Path | None = None):
 
 def plot_prediction(result, path: str | Path | None = None):
     """The annotated image beside one probability bar chart per face (an ImagePrediction)."""
-    plt = _pyplot()
+    plt = pyplot()
     n = max(1, len(result.faces))
     fig = plt.figure(figsize=(6 + 3.2 * min(n, 4), 5))
     grid = fig.add_gridspec(n, 2, width_ratios=[2, 1.2])
@@ -157,9 +159,7 @@ def plot_prediction(result, path: str | Path | None = None):
 
 def plot_emotion_timeline(table, path: str | Path | None = None):
     """Each class's probability over a video's time, one panel per tracked face (``predict_video``'s table)."""
-    from ferkit.prediction import EMOTION_COLORS
-
-    plt = _pyplot()
+    plt = pyplot()
     classes = [c[2:] for c in table.columns if c.startswith("p_")]
     ids = sorted(table["face_id"].unique()) if len(table) else []
     shown = ids[:4]

@@ -17,9 +17,12 @@ import inspect
 import json
 import os
 import sys
+import zipfile
 from functools import lru_cache
 
 from ferkit.files import stderr_descriptor_to
+
+# keras, tensorflow and h5py are imported where needed: importing ferkit must stay fast.
 
 #: The oldest pair ferkit's models are tested on (CI loads and runs the shipped model there).
 #: Keras 3.0-3.3 cannot rebuild an average's nested networks.
@@ -165,9 +168,6 @@ def make_h5_portable(path, config_json: str) -> None:
 
 def make_keras_portable(path, config_json: str) -> None:
     """Replace ``config.json`` inside a ``.keras`` archive, keeping its other members as they are."""
-    import os
-    import zipfile
-
     rewritten = f"{path}.rewrite"
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(rewritten, "w", zipfile.ZIP_DEFLATED) as target:
         for info in source.infolist():

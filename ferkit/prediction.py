@@ -10,9 +10,8 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,26 +19,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ferkit import faces as face_module
-from ferkit.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageError, load_image, to_gray
-from ferkit.model import load_model, predict_probabilities, traced_forward
+from ferkit import files, video
+from ferkit.images import MAX_IMAGE_PIXELS, ImageError, load_image, to_gray
+from ferkit.inference import predict_probabilities, traced_forward
+from ferkit.model import load_model
 from ferkit.progress import progress as report
+from ferkit.settings import EMOTION_COLORS, TRACKING, UNKNOWN_COLOR  # noqa: F401 - EMOTION_COLORS re-exported
+from ferkit.tracking import Tracker
+from ferkit.video import MAX_VIDEO_FRAMES
 
 if TYPE_CHECKING:  # only named in annotations: pandas is imported where a table is made
     import pandas
-
-#: How faces are followed across video frames, here and in the page (``ferkit/web/tracking.js``, which receives
-#: these through ``models/index.json``): the least box overlap (IoU) that continues a track, the analysed frames a
-#: track may miss before it ends, and the weight of the past in each track's moving average of probabilities.
-TRACKING = {"min_iou": 0.3, "max_missed": 10, "smoothing": 0.6}
-
-#: Longest video ``predict_video`` reads by default: one hour at 30 frames per second.
-MAX_VIDEO_FRAMES = 30 * 3600
-
-#: One colour per emotion (BGR), chosen to stay distinguishable; unknown names get grey.
-EMOTION_COLORS = {
-    "angry": (40, 40, 220), "disgust": (40, 140, 40), "fear": (160, 60, 160), "happy": (0, 200, 255),
-    "sad": (200, 120, 40), "surprise": (0, 140, 255), "neutral": (190, 190, 190),
-}
 
 
 @dataclass
@@ -114,7 +104,7 @@ class Predictor:
     detector : {"yunet", "mtcnn", "haar"}
     tta : bool
         Test-time augmentation: average each face over its mirror image and
-        small shifts (:func:`ferkit.model.tta_views`, as ``evaluate`` does).
+        small shifts (:func:`ferkit.inference.tta_views`, as ``evaluate`` does).
     min_face_score : float
         Detections below this confidence are ignored.
     max_pixels : int or None
@@ -149,13 +139,13 @@ class Predictor:
                 "the worker, or start workers with multiprocessing.get_context('spawn')")
 
     def classify_crops(self, crops: np.ndarray) -> np.ndarray:
-        """(N, S, S) uint8 face crops -> (N, classes) float32 probabilities (:func:`ferkit.model.predict_probabilities`)."""
+        """(N, S, S) uint8 face crops -> (N, classes) float32 probabilities (:func:`ferkit.inference.predict_probabilities`)."""
         self._check_process()
         return predict_probabilities(self.model, crops, tta=self.tta, forward=self._forward)
 
     def crops(self, image_bgr: np.ndarray, found: list[face_module.Face]) -> np.ndarray:
-        """(N, S, S) uint8: each face of ``found`` cut from ``image_bgr`` by :func:`crop_faces`."""
-        return crop_faces(to_gray(image_bgr), found, self.meta, self.align)
+        """(N, S, S) uint8: each face of ``found`` cut from ``image_bgr`` by :func:`ferkit.faces.crop_faces`."""
+        return face_module.crop_faces(to_gray(image_bgr), found, self.meta, self.align)
 
     def predict(self, image, channel_order: str = "rgb", name: str | None = None,
                 upscale_search: bool | None = None, value_range: tuple[float, float] | None = None) -> ImagePrediction:
@@ -181,8 +171,22 @@ class Predictor:
         return FacePrediction(face.box, face.score, self.class_names[best], float(probabilities[best]),
                               {n: float(p) for n, p in zip(self.class_names, probabilities)}, face_id)
 
+    def track_frame(self, frame: np.ndarray, tracker: Tracker, timings: dict | None = None) -> list[FacePrediction]:
+        """Detect, classify and track the faces of one video frame (BGR uint8), as ``predict_video`` does for
+        each analysed frame: one search (no upscaled second search), then ``tracker``
+        (:class:`ferkit.tracking.Tracker`) gives each face its id and smoothed probabilities. ``timings``, when
+        given, accumulates the seconds spent in "detect" and "classify"."""
+        started = time.perf_counter()
+        found = face_module.detect_faces(frame, self.detector, self.min_face_score)
+        detected = time.perf_counter()
+        probabilities = self.classify_crops(self.crops(frame, found))
+        if timings is not None:
+            timings["detect"] = timings.get("detect", 0.0) + detected - started
+            timings["classify"] = timings.get("classify", 0.0) + time.perf_counter() - detected
+        return [self._face(face, smoothed, face_id) for face, face_id, smoothed in tracker.update(found, probabilities)]
+
     def predict_video(self, source: str | Path, output: str | Path | None = None, stride: int = 1,
-                      smoothing: float = TRACKING["smoothing"], progress: bool = True, max_frames: int | None = MAX_VIDEO_FRAMES,
+                      smoothing: float = TRACKING.smoothing, progress: bool = True, max_frames: int | None = MAX_VIDEO_FRAMES,
                       on_progress=None):
         """Classify faces through a video; returns a pandas DataFrame with one row per face per analysed frame.
 
@@ -197,57 +201,29 @@ class Predictor:
         is called after every frame; an exception it raises stops the run
         (the web app's Cancel), leaving no output behind.
         """
-        import cv2
-
-        from ferkit import files
-
         self._check_process()
-        files.require_regular_file(source, "video file")
-        capture = cv2.VideoCapture(str(source))
-        if not capture.isOpened():
-            raise ImageError(f"{source}: cannot open as a video (missing file or unsupported codec)")
-        fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-        total = _declared_frames(capture)
-        frame_pixels = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) * capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        counted = total is None and max_frames is not None
-        if counted:  # a live recording declares no length: count first, up to one past the limit
-            total = _count_frames(str(source), max_frames + 1)
-        if max_frames is not None and total is not None and total > max_frames:
-            capture.release()
-            raise ImageError(f"{source}: {f'more than {max_frames}' if counted else total} frames, over the limit of "
-                             f"{max_frames}; pass max_frames= (or --max-frames) to allow it, or cut the video")
-        if self.max_pixels is not None and frame_pixels > self.max_pixels:
-            capture.release()
-            raise ImageError(f"{source}: frames of {frame_pixels / 1e6:.0f} megapixels, over the limit of "
-                             f"{self.max_pixels / 1e6:g}; pass max_pixels= (or --max-pixels) to allow them")
+        opened = video.open_video(source, max_frames, self.max_pixels)
         if output is not None:
             output = files.check_output_path(output, source)
-        tracker = _Tracker(smoothing, TRACKING["min_iou"], TRACKING["max_missed"])
+        tracker = Tracker(smoothing)
         rows, current = [], []
         index = 0
         with contextlib.ExitStack() as cleanup:  # unwound last-in first-out: the writer closes before the rename
-            cleanup.callback(capture.release)
+            cleanup.callback(opened.capture.release)
             writer = None
-            clock = _FrameClock(capture, fps)
-            frames = report(_frames(capture), f"video {Path(source).name}", total, "frame", enabled=progress)
+            clock = video.FrameClock(opened.capture, opened.fps)
+            frames = report(video.frames(opened.capture), f"video {Path(source).name}", opened.total, "frame",
+                            enabled=progress)
             for frame in frames:
                 seconds = clock.seconds()
                 if index % max(1, stride) == 0:
-                    found = face_module.detect_faces(frame, self.detector, self.min_face_score)
-                    probabilities = self.classify_crops(self.crops(frame, found))
-                    current = []
-                    for face, face_id, smoothed in tracker.update(found, probabilities):
-                        prediction = self._face(face, smoothed, face_id)
-                        current.append(prediction)
-                        rows.append({"frame": index, "time": seconds, "face_id": face_id,
-                                     "x": face.box[0], "y": face.box[1], "width": face.box[2], "height": face.box[3],
-                                     "label": prediction.label, "score": prediction.score,
-                                     **{f"p_{k}": v for k, v in prediction.probabilities.items()}})
+                    current = self.track_frame(frame, tracker)
+                    rows.extend(video.face_row(index, seconds, prediction) for prediction in current)
                 if output is not None:
                     if writer is None:
                         # The video appears at `output` only once complete (files.atomic_path).
-                        writer = _open_video_writer(cleanup.enter_context(files.atomic_path(output)), output,
-                                                    fps, frame.shape[1], frame.shape[0])
+                        writer = video.open_video_writer(cleanup.enter_context(files.atomic_path(output)), output,
+                                                         opened.fps, frame.shape[1], frame.shape[0])
                         cleanup.callback(writer.release)
                     writer.write(annotate(frame, current))
                 index += 1
@@ -255,134 +231,14 @@ class Predictor:
                     raise ImageError(f"{source}: more than {max_frames} frames; pass max_frames= "
                                      "(or --max-frames) to allow it, or cut the video")
                 if on_progress is not None:
-                    on_progress(index, total)
+                    on_progress(index, opened.total)
             if index == 0:
                 raise ImageError(f"{source}: no frame could be decoded (empty video or unsupported codec)")
         import pandas as pd
 
-        columns = ["frame", "time", "face_id", "x", "y", "width", "height", "label", "score"] + \
-            [f"p_{k}" for k in self.class_names]
-        table = pd.DataFrame(rows, columns=columns)
+        table = pd.DataFrame(rows, columns=video.table_columns(self.class_names))
         table.attrs["frames"] = index
         return table
-
-
-def crop_faces(gray: np.ndarray, found: list[face_module.Face], meta, align: bool) -> np.ndarray:
-    """(N, S, S) uint8: each face cut from a grayscale image with the model's crop settings (``meta``), the one
-    crop that prediction, the web page's tests and training on photos (:mod:`ferkit.photos`) share."""
-    size = meta.input_size
-    if not found:
-        return np.zeros((0, size, size), np.uint8)
-    return np.stack([face_module.crop_face(gray, f, size, meta.face_margin, meta.face_offset, align,
-                                           meta.face_low_contrast) for f in found])
-
-
-def _frames(capture):
-    """The frames of an open ``cv2.VideoCapture``, in order, until one cannot be read."""
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            return
-        yield frame
-
-
-def _declared_frames(capture) -> int | None:
-    """The frame count the container declares, or None where it declares none (live recordings give 0 or junk)."""
-    import cv2
-
-    count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
-    return int(count) if 0 < count < 2**31 else None
-
-
-def _count_frames(source: str, limit: int) -> int:
-    """Frames in ``source``, counted up to ``limit`` without converting them (far cheaper than analysing them)."""
-    import cv2
-
-    capture = cv2.VideoCapture(source)
-    try:
-        count = 0
-        while count < limit and capture.grab():
-            count += 1
-        return count
-    finally:
-        capture.release()
-
-
-class _FrameClock:
-    """Each frame's time in seconds from the container's timestamps, so variable-frame-rate videos keep real time.
-
-    Where the backend gives no usable timestamp (none, or not after the
-    previous frame's), the frame is placed one frame period after the last.
-    """
-
-    def __init__(self, capture, fps: float):
-        self.capture, self.fps, self.last = capture, fps, None
-
-    def seconds(self) -> float:
-        import cv2
-
-        stamp = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
-        if self.last is None:
-            stamp = stamp if math.isfinite(stamp) and stamp >= 0 else 0.0
-        elif not (math.isfinite(stamp) and stamp > self.last):
-            stamp = self.last + 1 / self.fps
-        self.last = stamp
-        return round(stamp, 3)
-
-
-def _open_video_writer(path: Path, output: Path, fps: float, width: int, height: int):
-    """An OpenCV writer on ``path`` (the temporary file that becomes ``output``), with the codec the suffix calls
-    for."""
-    import cv2
-
-    from ferkit.files import OutputError
-
-    # MPEG-4 for .mp4 (what players expect); VP8 for .webm, which browsers play (OpenCV's wheels have no H.264).
-    codec = {".mp4": "mp4v", ".webm": "VP80"}.get(path.suffix.lower(), "MJPG")
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
-    if not writer.isOpened():
-        if min(width, height) < 2:
-            raise OutputError(f"{output}: the video's frames are {width}x{height} pixels, too small for the "
-                              f"{path.suffix or 'video'} encoder; nothing was written (such frames hold no face)")
-        raise OutputError(f"{output}: OpenCV cannot write this video here (codec or folder); try an .mp4 or .avi "
-                          "name in a writable folder")
-    return writer
-
-
-class _Tracker:
-    """Greedy IoU matching of detections to tracks, with per-track probability smoothing (:data:`TRACKING`;
-    ``ferkit/web/tracking.js`` is the same in the page)."""
-
-    def __init__(self, smoothing: float, min_iou: float, max_missed: int):
-        self.smoothing, self.min_iou, self.max_missed = smoothing, min_iou, max_missed
-        self.tracks: dict[int, dict] = {}
-        self.next_id = 0
-
-    def update(self, found, probabilities):
-        pairs = sorted(((face_module.box_iou(track["box"], face.box), track_id, i)
-                        for track_id, track in self.tracks.items() for i, face in enumerate(found)), reverse=True)
-        assigned, used = {}, set()
-        for overlap, track_id, i in pairs:
-            if overlap >= self.min_iou and i not in assigned and track_id not in used:
-                assigned[i] = track_id
-                used.add(track_id)
-        results = []
-        for i, face in enumerate(found):
-            if i in assigned:
-                track = self.tracks[assigned[i]]
-                track["probabilities"] = self.smoothing * track["probabilities"] + (1 - self.smoothing) * probabilities[i]
-                track_id = assigned[i]
-            else:
-                track_id, self.next_id = self.next_id, self.next_id + 1
-                track = self.tracks[track_id] = {"probabilities": probabilities[i].astype(np.float64)}
-            track.update(box=face.box, missed=0)
-            results.append((face, track_id, track["probabilities"]))
-        for track_id in list(self.tracks):
-            if track_id not in used and track_id not in [r[1] for r in results]:
-                self.tracks[track_id]["missed"] += 1
-                if self.tracks[track_id]["missed"] > self.max_missed:
-                    del self.tracks[track_id]
-        return results
 
 
 def annotate(image_bgr: np.ndarray, predictions: list[FacePrediction]) -> np.ndarray:
@@ -400,7 +256,7 @@ def annotate(image_bgr: np.ndarray, predictions: list[FacePrediction]) -> np.nda
     font_scale = max(0.4, 0.6 * unit)
     for prediction in predictions:
         x, y, w, h = prediction.box
-        color = EMOTION_COLORS.get(prediction.label, (160, 160, 160))
+        color = EMOTION_COLORS.get(prediction.label, UNKNOWN_COLOR)
         cv2.rectangle(out, (x, y), (x + w, y + h), color, thickness, cv2.LINE_AA)
         text = f"{prediction.label} {prediction.score:.0%}"
         (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
@@ -412,104 +268,6 @@ def annotate(image_bgr: np.ndarray, predictions: list[FacePrediction]) -> np.nda
         cv2.putText(out, text, (x + thickness, top + th + thickness), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
                     (0, 0, 0) if luminance > 128 else (255, 255, 255), thickness, cv2.LINE_AA)
     return out
-
-
-def folder_images(folder: str | Path, recursive: bool = False, leave_out=None) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The images in ``folder`` (sorted; subfolders too if ``recursive``) and the files passed over, with why.
-
-    Hidden files are ignored, and so is whatever ``leave_out(path)`` is true
-    for (a run's own output folder and files). Symbolic links to folders are
-    followed, once each: a link back to a folder already walked is passed
-    over with the reason. Everything else that is not an image ferkit reads
-    (another format, a video, a FIFO, a broken link) is listed as passed
-    over, never dropped silently. Raises ImageError for a folder with
-    nothing to process, saying whether ``recursive`` would find images.
-    """
-    folder = Path(folder)
-    images, passed = [], []
-    walked = set()
-    for directory, names, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(directory)
-        if real in walked:  # a link to a folder already walked (a loop, or two links to one folder)
-            passed.append((Path(directory), "a link to a folder already searched; not searched again"))
-            names[:] = []
-            continue
-        walked.add(real)
-        keep = sorted(n for n in names if not n.startswith(".")) if recursive else []
-        names[:] = [n for n in keep if not (leave_out and leave_out(Path(directory) / n))]
-        for filename in sorted(filenames):
-            path = Path(directory) / filename
-            if filename.startswith(".") or (leave_out and leave_out(path)):
-                continue
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                passed.append((path, f"not an image ferkit reads (supported: {', '.join(IMAGE_SUFFIXES)})"))
-            else:
-                images.append(path)
-    if not images and not passed:
-        subfolders = 0 if recursive or not folder.is_dir() else \
-            sum(1 for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
-        hint = f"; it has {subfolders} subfolder(s): add --recursive (recursive=True) to look inside" if subfolders else ""
-        raise ImageError(f"{folder}: no images found{hint}")
-    return images, passed
-
-
-def annotated_path(image: Path, folder: Path, out_dir: Path) -> Path:
-    """Where the annotated copy of ``image`` (inside ``folder``) goes: the same relative path in
-    ``out_dir``, with ``_annotated`` before the suffix, which is kept, so photo.jpg and photo.png
-    never overwrite each other."""
-    relative = image.relative_to(folder) if folder in image.parents else Path(image.name)
-    return out_dir / relative.with_name(f"{relative.stem}_annotated{relative.suffix}")
-
-
-def predict_folder(predictor: Predictor, folder: str | Path, out_dir: str | Path | None = None,
-                   recursive: bool = False, overwrite: bool = False, progress: bool = False):
-    """Predict every image in ``folder`` (sorted); yields ``(path, ImagePrediction or error message)``.
-
-    A file that cannot be read (or annotated) gives its message and the run
-    goes on; files that are not images come first, with the reason. With
-    ``out_dir``, annotated copies are written there (:func:`annotated_path`)
-    and each result's ``annotated`` attribute names the file written. A run
-    never replaces a file it did not write (:class:`ferkit.files.OutputLedger`;
-    ``overwrite`` allows it, except for this run's own inputs) and never reads
-    its own outputs: ``out_dir`` inside ``folder`` and earlier annotated
-    copies are left out of the inputs. ``progress`` reports on stderr
-    (:func:`ferkit.progress.progress`).
-    """
-    from ferkit.files import OutputError, OutputLedger
-    from ferkit.images import save_image
-
-    folder = Path(folder)
-    ledger = OutputLedger(out_dir, overwrite) if out_dir is not None else None
-    own_folder = os.path.realpath(out_dir) if out_dir is not None else None
-
-    def leave_out(path: Path) -> bool:
-        return ledger is not None and (os.path.realpath(path) == own_folder or ledger.wrote(path))
-
-    images, passed = folder_images(folder, recursive, leave_out)
-    inputs = {os.path.realpath(path) for path in images}
-    yield from passed
-    for path in report(images, f"photos in {folder}", unit="image", enabled=progress):
-        try:
-            target = annotated_path(path, folder, Path(out_dir)) if ledger is not None else None
-            if target is not None:  # checked before the work, which would be lost
-                if os.path.realpath(target) in inputs:
-                    raise OutputError(f"{target}: is also an input of this run; left as it is (choose another "
-                                      "--out)")
-                ledger.claim(target)
-            result = predictor.predict(path)
-            if target is not None:
-                result.annotated = ledger.record(save_image(target, result.annotate()))
-        except (ImageError, OutputError) as error:
-            yield path, str(error)
-            continue
-        yield path, result
-
-
-def write_video_table(table, path: str | Path) -> Path:
-    """The per-frame table as CSV (written to a temporary file, then renamed into place)."""
-    from ferkit.files import write_text
-
-    return write_text(path, table.to_csv(index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.4f"))
 
 
 def face_rows(results, class_names) -> "pandas.DataFrame":

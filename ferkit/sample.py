@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ferkit.data import CLASS_NAMES, IMAGE_SIZE, SPLITS, FerDataset
+from ferkit.data import FerDataset
+from ferkit.settings import CLASS_NAMES, IMAGE_SIZE, SPLITS
+
+# cv2 is imported where faces are drawn or encoded: importing ferkit must stay fast.
 
 
 def cartoon_faces(per_class_and_split: int = 4, seed: int = 0) -> FerDataset:

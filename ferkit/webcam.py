@@ -29,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ferkit.files import require_regular_file
 from ferkit.images import decode_image_bytes, load_image
 from ferkit.notebook import in_colab
+from ferkit.settings import EMOTION_COLORS, IMAGE_SUFFIXES, UNKNOWN_COLOR
 
 FILE_ENV = "FERKIT_WEBCAM_FILE"
 #: Frames ``live()`` plays from a still image given as the camera file.
@@ -49,7 +51,9 @@ def _web_asset(name: str) -> str:
     return (WEB_ASSETS / name).read_text(encoding="utf-8")
 
 
-CAMERA_JS = _web_asset("camera.js")
+#: The camera (camera.js), the frame-rate meter (framerate.js) and the face drawing (drawing.js): classic scripts
+#: the page loads one by one, joined here for the widget's module and Colab's eval_js, where imports do not work.
+CAMERA_JS = "\n".join(_web_asset(name) for name in ("camera.js", "framerate.js", "drawing.js"))
 
 _WIDGET_ESM = CAMERA_JS + _web_asset("widget.js")
 
@@ -114,10 +118,6 @@ def _read_file_source(path: Path) -> np.ndarray:
 
 def _video_frames(path: Path, limit: int | None = None) -> list[np.ndarray]:
     import cv2
-
-    from ferkit.images import IMAGE_SUFFIXES
-
-    from ferkit.files import require_regular_file
 
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return []
@@ -246,14 +246,12 @@ def _widget_result(widget) -> np.ndarray:
 
 
 def _faces_message(predictor, image_bgr: np.ndarray, display_width: int) -> dict:
-    from ferkit.prediction import EMOTION_COLORS
-
     # One search per frame, as the page's live view does: the second, enlarged one would cost 4x its time.
     result = predictor.predict(image_bgr, "bgr", upscale_search=False)
     scale = display_width / image_bgr.shape[1] if display_width else 1.0
     faces = []
     for face in result.faces:
-        b, g, r = EMOTION_COLORS.get(face.label, (160, 160, 160))
+        b, g, r = EMOTION_COLORS.get(face.label, UNKNOWN_COLOR)
         faces.append({"box": list(face.box), "scale": scale, "text": f"{face.label} {face.score:.0%}",
                       "color": f"rgb({r},{g},{b})", "label": face.label, "score": face.score})
     return {"type": "faces", "faces": faces}

@@ -1,10 +1,17 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from ferkit.data import DATA_ENV
 from ferkit.sample import cartoon_faces
+
+# The repository root, so that tests import the browser helpers they share with the benchmarks
+# (benchmarks/common.py) as benchmarks.common, whatever pytest's import mode.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +36,8 @@ def real_fer2013() -> Path:
 def random_model(tmp_path_factory):
     """An untrained but complete ferkit model on disk: enough to test the plumbing."""
     keras = pytest.importorskip("keras")
-    from ferkit.model import ModelMeta, build_model, save_model
+    from ferkit.architectures import build_model
+    from ferkit.model import ModelMeta, save_model
 
     keras.utils.set_random_seed(0)
     stem = tmp_path_factory.mktemp("model") / "fer"

@@ -10,7 +10,8 @@ ort = pytest.importorskip("onnxruntime")
 
 from ferkit.cli import main  # noqa: E402
 from ferkit.export import export_onnx  # noqa: E402
-from ferkit.model import ModelMeta, average_models, build_model, load_model, save_model  # noqa: E402
+from ferkit.architectures import build_model  # noqa: E402
+from ferkit.model import ModelMeta, average_models, load_model, save_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "ferkit" / "models"  # the shipped models

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ferkit import data, faces, fidelity
-from ferkit.model import load_model, predict_probabilities
+from ferkit.inference import predict_probabilities
+from ferkit.model import load_model
 
 
 def test_frames_are_reproducible_and_hold_the_face_where_they_say():

@@ -307,7 +307,7 @@ def test_a_file_as_out_is_refused_before_a_folder_run(random_model, tmp_path, ca
 
 
 def test_symlinked_subfolders_are_followed_once(random_model, tmp_path):
-    from ferkit.prediction import folder_images
+    from ferkit.batch import folder_images
 
     photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
     photos.mkdir()
@@ -404,6 +404,8 @@ FAILING_RUNS = {
     "serve": ["serve", "--model", "missing", "--no-browser"],
     "predict": ["predict", "missing.jpg"],
     "demo": ["demo", "--model", "missing"],
+    "analyse": ["analyse", "missing.mp4", "--out", "out"],
+    "report": ["report", "missing"],
 }
 
 

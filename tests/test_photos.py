@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ferkit import evaluation, photos, training
+from ferkit import augmentation, evaluation, photos, training
 from ferkit.cli import main
 from ferkit.data import CLASS_NAMES
 from ferkit.images import sample_image
@@ -149,8 +149,8 @@ def test_weighted_batches_draw_each_set_in_its_share():
     images = np.zeros((1100, 48, 48), np.uint8)
     images[1000:] = 255  # the last 100 images are "photos"
     weights = np.r_[np.full(1000, 0.7 / 1000), np.full(100, 0.3 / 100)]
-    batches = training.make_dataset(images, np.zeros(1100, int), 7, 100, training=True, weights=weights,
-                                    epoch_size=2000)
+    batches = augmentation.make_dataset(images, np.zeros(1100, int), 7, 100, training=True, weights=weights,
+                                        epoch_size=2000)
     assert len(batches) == 20
     drawn = np.concatenate([batches[i][0][:, 0, 0, 0] for i in range(len(batches))])
     assert 0.25 < (drawn == 255).mean() < 0.35
@@ -186,7 +186,7 @@ def test_distilling_with_photos_learns_the_teacher_on_fer_and_the_labels_on_phot
             seen.update(images=images, labels=labels, targets=targets)
         return original(images, labels, *args, targets=targets, **kwargs)
 
-    monkeypatch.setattr(training, "make_dataset", spy)
+    monkeypatch.setattr(training, "make_dataset", spy)  # where train() looks it up
     config = training.TrainConfig(architecture="lite", epochs=1, batch_size=16, warmup_epochs=0, precision="float32",
                                   teacher=str(random_model), photos=[str(tmp_path / "set")], photos_weight=[0.5],
                                   photos_held_out=0.3, epoch_size=32, photos_min_support=1)

@@ -20,7 +20,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from ferkit.model import ModelMeta, build_model, load_model, save_model  # noqa: E402
+from ferkit.architectures import build_model  # noqa: E402
+from ferkit.model import ModelMeta, load_model, save_model  # noqa: E402
 from ferkit.portable import portable_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ from PIL import Image
 
 keras = pytest.importorskip("keras")
 
-from ferkit import faces, images, training  # noqa: E402
+from ferkit import augmentation, faces, images  # noqa: E402
 from ferkit.cli import main  # noqa: E402
-from ferkit.model import predict_probabilities, to_model_input, tta_views  # noqa: E402
+from ferkit.inference import predict_probabilities, to_model_input, tta_views  # noqa: E402
 from ferkit.prediction import Predictor, annotate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +273,7 @@ def test_predictor_align_defaults_to_the_model_and_can_be_turned_off(predictor, 
 
 def test_training_and_inference_feed_the_model_the_same_way(predictor, astronaut):
     crops = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
-    batches = training.make_dataset(crops, np.zeros(5, int), 7, 8, training=False)
+    batches = augmentation.make_dataset(crops, np.zeros(5, int), 7, 8, training=False)
     np.testing.assert_array_equal(batches[0][0], to_model_input(crops))
 
     seen = []

@@ -21,6 +21,8 @@ pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
 
 from ferkit import server  # noqa: E402
+from ferkit.video_jobs import VideoJob  # noqa: E402
+from ferkit.web_security import LOOPBACK_HOSTS, MAX_FILENAME_CHARS  # noqa: E402
 from ferkit.model import ModelMeta  # noqa: E402
 
 #: The first bytes of a WebM file: enough for the upload's format check.
@@ -37,7 +39,7 @@ def _fake_models(names, folder: Path):
                               {"parameters": 1, "onnx_megabytes": 0.0, "architecture": "fake"})]
 
 
-def fake_annotate(job: server.VideoJob) -> None:
+def fake_annotate(job: VideoJob) -> None:
     """The video pipeline's outputs, 100 bytes each, at once."""
     for name in ("video.webm", "faces.csv", "timeline.png"):
         (job.folder / name).write_bytes(b"x" * 100)
@@ -46,7 +48,7 @@ def fake_annotate(job: server.VideoJob) -> None:
 @contextmanager
 def fake_app(tmp_path: Path, annotate=fake_annotate, **options):
     """``create_app`` on stand-in models, answering to TestClient's host; yields (client, app)."""
-    options.setdefault("allowed_hosts", (*server.LOOPBACK_HOSTS, HOST))
+    options.setdefault("allowed_hosts", (*LOOPBACK_HOSTS, HOST))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(server, "prepare_models", _fake_models)
         app = server.create_app(work_dir=tmp_path / "work", **options)
@@ -111,10 +113,10 @@ def test_a_foreign_host_gets_400(tmp_path):
 def test_the_default_hosts_are_loopback_and_every_interface_takes_addresses(tmp_path):
     import socket
 
-    with fake_app(tmp_path / "a", allowed_hosts=server.LOOPBACK_HOSTS) as (client, _):
+    with fake_app(tmp_path / "a", allowed_hosts=LOOPBACK_HOSTS) as (client, _):
         assert client.get("/api/health").status_code == 400  # "testserver" is not a loopback name
         assert client.get("/api/health", headers={"Host": "localhost:8000"}).status_code == 200
-    with fake_app(tmp_path / "b", allowed_hosts=(*server.LOOPBACK_HOSTS, "0.0.0.0")) as (client, _):
+    with fake_app(tmp_path / "b", allowed_hosts=(*LOOPBACK_HOSTS, "0.0.0.0")) as (client, _):
         for host in ("192.168.1.5:8000", "[fe80::1]:8000", "10.0.0.1", socket.gethostname()):
             assert client.get("/api/health", headers={"Host": host}).status_code == 200, host
         assert client.get("/api/health", headers={"Host": "attacker.example"}).status_code == 400
@@ -127,7 +129,7 @@ def test_serve_answers_to_the_host_it_listens_on(monkeypatch):
     monkeypatch.setattr(server, "create_app", lambda models, **options: given.update(options) or "app")
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
     server.serve("myhost.lan", 8123, open_browser=False)
-    assert set(given["allowed_hosts"]) == {*server.LOOPBACK_HOSTS, "myhost.lan"}
+    assert set(given["allowed_hosts"]) == {*LOOPBACK_HOSTS, "myhost.lan"}
 
 
 # ---------------------------------------------------------------------------- the job queue and its limits
@@ -231,7 +233,7 @@ def test_odd_file_names_are_shown_cleaned_and_never_used_as_paths(tmp_path):
             reply = client.post("/api/videos", content=WEBM, headers={"X-Filename": raw})
             assert reply.status_code == 202, (raw, reply.text)
             job = reply.json()
-            assert len(job["file"]) <= server.MAX_FILENAME_CHARS and job["file"].isprintable(), job
+            assert len(job["file"]) <= MAX_FILENAME_CHARS and job["file"].isprintable(), job
             assert shown is None or job["file"] == shown, (raw, job)
             if raw.endswith(".mp4"):
                 assert job["file"].endswith(".mp4")  # a long name is cut in its stem

@@ -13,10 +13,12 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from ferkit import evaluation, training  # noqa: E402
+from ferkit import augmentation, evaluation, finetune, training  # noqa: E402
+from ferkit.architectures import build_model, with_fused_batchnorm  # noqa: E402
 from ferkit.callbacks import ThresholdStop, WeightAverage  # noqa: E402
-from ferkit.model import (ModelMeta, build_model, load_model, predict_probabilities, save_model,  # noqa: E402
-                          to_model_input, with_fused_batchnorm)
+from ferkit.history import join_histories, read_history  # noqa: E402
+from ferkit.inference import predict_probabilities, to_model_input  # noqa: E402
+from ferkit.model import ModelMeta, load_model, save_model  # noqa: E402
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
@@ -97,8 +99,9 @@ def test_threshold_stop_ends_a_real_fit_at_the_right_epoch():
 
 def test_flip_only_augmentation_mirrors_or_keeps():
     images = np.random.default_rng(0).integers(0, 256, (64, 48, 48, 1)).astype("float32")
-    only_flip = training.Augmentation(rotation_degrees=0, zoom=0, shift=0, erase_probability=0, brightness=0, contrast=0)
-    out = training.augment_batch(images, only_flip, np.random.default_rng(0))
+    only_flip = augmentation.Augmentation(rotation_degrees=0, zoom=0, shift=0, erase_probability=0, brightness=0,
+                                          contrast=0)
+    out = augmentation.augment_batch(images, only_flip, np.random.default_rng(0))
     same = np.isclose(out, images, atol=1e-3).all(axis=(1, 2, 3))
     mirrored = np.isclose(out, images[:, :, ::-1], atol=1e-3).all(axis=(1, 2, 3))
     assert (same | mirrored).all() and same.any() and mirrored.any()
@@ -107,7 +110,7 @@ def test_flip_only_augmentation_mirrors_or_keeps():
 def test_shift_and_erasing_change_images_within_range():
     images = np.full((32, 48, 48, 1), 128, "float32")
     images[:, 20:28, 20:28] = 255
-    out = training.augment_batch(images, training.Augmentation(), np.random.default_rng(0))
+    out = augmentation.augment_batch(images, augmentation.Augmentation(), np.random.default_rng(0))
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
     assert not np.isclose(out, images).all(axis=(1, 2, 3)).any()
 
@@ -115,28 +118,28 @@ def test_shift_and_erasing_change_images_within_range():
 def test_augmented_rotation_turns_a_bar_about_the_centre():
     images = np.zeros((1, 48, 48, 1), "float32")
     images[0, 23:25, 4:44] = 255  # a horizontal bar through the centre
-    quarter = training.Augmentation(flip=False, rotation_degrees=0, zoom=0, shift=0, erase_probability=0,
+    quarter = augmentation.Augmentation(flip=False, rotation_degrees=0, zoom=0, shift=0, erase_probability=0,
                                     brightness=0, contrast=0)
-    np.testing.assert_allclose(training.augment_batch(images, quarter, np.random.default_rng(0)), images, atol=1e-3)
-    turned = training.augment_batch(images, replace(quarter, rotation_degrees=90), _FixedDraws(1.0))
+    np.testing.assert_allclose(augmentation.augment_batch(images, quarter, np.random.default_rng(0)), images, atol=1e-3)
+    turned = augmentation.augment_batch(images, replace(quarter, rotation_degrees=90), _FixedDraws(1.0))
     assert turned[0, 4:44, 23:25].mean() > 200 and turned[0, 23:25, 4:18].mean() < 60  # now vertical
 
 
 def test_blur_and_jpeg_soften_the_drawn_share_of_images_only():
     checkers = np.indices((48, 48)).sum(0) % 2 * 255.0  # all detail, the first thing blur and JPEG remove
     images = np.repeat(checkers[None, :, :, None], 200, 0).astype("float32")
-    still = training.Augmentation(flip=False, rotation_degrees=0, zoom=0, shift=0, erase_probability=0,
+    still = augmentation.Augmentation(flip=False, rotation_degrees=0, zoom=0, shift=0, erase_probability=0,
                                   brightness=0, contrast=0)
     detail = lambda batch: np.abs(np.diff(batch, axis=2)).mean(axis=(1, 2, 3))  # per image
-    np.testing.assert_array_equal(training.augment_batch(images, still, np.random.default_rng(0)), images)
+    np.testing.assert_array_equal(augmentation.augment_batch(images, still, np.random.default_rng(0)), images)
     for change in ({"blur_probability": 0.5}, {"jpeg_probability": 0.5, "jpeg_quality": (20, 20)}):
-        out = training.augment_batch(images, replace(still, **change), np.random.default_rng(1))
+        out = augmentation.augment_batch(images, replace(still, **change), np.random.default_rng(1))
         softened = detail(out) < 0.99 * detail(images)
         unchanged = (out == images).all(axis=(1, 2, 3))
         assert (softened | unchanged).all(), change
         assert 0.35 < softened.mean() < 0.65, change  # about the share asked for
         assert out.min() >= 0 and out.max() <= 255
-    sigma_one = training.augment_batch(images[:1], replace(still, blur_probability=1.0, blur_sigma=(1.0, 1.0)),
+    sigma_one = augmentation.augment_batch(images[:1], replace(still, blur_probability=1.0, blur_sigma=(1.0, 1.0)),
                                        np.random.default_rng(2))
     import cv2
     np.testing.assert_allclose(sigma_one[0, :, :, 0], cv2.GaussianBlur(checkers.astype("float32"), (0, 0), 1.0,
@@ -157,7 +160,7 @@ def test_training_batches_cover_every_image_once_per_epoch_and_replay_after_resu
     images = np.arange(50, dtype=np.uint8).repeat(48 * 48).reshape(50, 48, 48)
     labels = np.arange(50) % 7
     plain = dict(training=True, augmentation=None, seed=3)
-    batches = training.make_dataset(images, labels, 7, 16, **plain)
+    batches = augmentation.make_dataset(images, labels, 7, 16, **plain)
     assert len(batches) == 3  # 50 // 16: the partial batch is dropped
     epochs = []
     for _ in range(3):
@@ -167,15 +170,16 @@ def test_training_batches_cover_every_image_once_per_epoch_and_replay_after_resu
         epochs.append(seen)
         batches.on_epoch_end()
     assert not np.array_equal(epochs[0], epochs[1])  # reshuffled every epoch
-    resumed = training.make_dataset(images, labels, 7, 16, **plain, first_epoch=2)
+    resumed = augmentation.make_dataset(images, labels, 7, 16, **plain, first_epoch=2)
     np.testing.assert_array_equal(np.concatenate([resumed[i][0][:, 0, 0, 0] for i in range(3)]), epochs[2])
-    augmented = training.make_dataset(images, labels, 7, 16, training=True, augmentation=training.Augmentation())
+    augmented = augmentation.make_dataset(images, labels, 7, 16, training=True,
+                                          augmentation=augmentation.Augmentation())
     np.testing.assert_array_equal(augmented[1][0], augmented[1][0])  # a batch is a function of (seed, epoch, index)
 
 
 def test_fit_moves_the_batches_on_to_a_new_epoch_each_epoch():
     images = np.zeros((64, 48, 48), np.uint8)
-    batches = training.make_dataset(images, np.arange(64) % 7, 7, 16, training=True, augmentation=None)
+    batches = augmentation.make_dataset(images, np.arange(64) % 7, 7, 16, training=True, augmentation=None)
     epochs_read = []
     read = type(batches).__getitem__
     type(batches).__getitem__ = lambda self, index: (epochs_read.append(self.epoch), read(self, index))[1]
@@ -190,7 +194,7 @@ def test_fit_moves_the_batches_on_to_a_new_epoch_each_epoch():
 
 def test_validation_batches_keep_order_and_the_last_partial_batch():
     images = np.arange(10, dtype=np.uint8).repeat(48 * 48).reshape(10, 48, 48)
-    batches = training.make_dataset(images, np.zeros(10, int), 7, 4, training=False)
+    batches = augmentation.make_dataset(images, np.zeros(10, int), 7, 4, training=False)
     assert len(batches) == 3
     np.testing.assert_array_equal(np.concatenate([batches[i][0] for i in range(3)]), to_model_input(images))
 
@@ -292,7 +296,7 @@ def test_training_starts_from_init_weights(cartoon, tmp_path):
 def test_second_stage_changes_only_the_schedule_and_geometry():
     first = training.TrainConfig(architecture="vgg_small", epochs=45, seed=3, threshold_accuracy=0.75,
                                  threshold_val_accuracy=0.71, class_weight="balanced",
-                                 augmentation=training.Augmentation(shift=0.05, erase_probability=0.1))
+                                 augmentation=augmentation.Augmentation(shift=0.05, erase_probability=0.1))
     second = first.second_stage("checkpoints/v2/fer", epochs=30)
     assert (second.epochs, second.init_weights) == (30, "checkpoints/v2/fer")
     assert second.learning_rate < first.learning_rate
@@ -310,7 +314,7 @@ def test_init_weights_of_another_shape_explains(tmp_path):
     save_model(build_model("vgg_small", num_classes=5), tmp_path / "fer5",
                ModelMeta(class_names=["a", "b", "c", "d", "e"], architecture="vgg_small"))
     with pytest.raises(ValueError, match="fer5: its weights do not fit a vgg with 7 classes.*5 classes"):
-        training.load_initial_weights(build_model("vgg"), tmp_path / "fer5")
+        finetune.load_initial_weights(build_model("vgg"), tmp_path / "fer5")
 
 
 def test_ensemble_averages_members_and_loads_in_plain_keras(cartoon, tmp_path, capsys):
@@ -392,12 +396,12 @@ def test_init_weights_from_an_ensemble_take_the_member_of_that_architecture(tmp_
     averaged, averaged_meta = average_models([tmp_path / "small", tmp_path / "large"])
     save_model(averaged, tmp_path / "avg", averaged_meta)
     for fresh, source, stage in ((build_model("vgg"), large, "large"), (build_model("vgg_small"), small, "small")):
-        meta = training.load_initial_weights(fresh, tmp_path / "avg")
+        meta = finetune.load_initial_weights(fresh, tmp_path / "avg")
         assert (meta.architecture, meta.training) == (source.name, {"stage": stage})
         for ours, theirs in zip(fresh.get_weights(), source.get_weights()):
             np.testing.assert_array_equal(ours, theirs)
     with pytest.raises(ValueError, match="avg: none of its members \\(vgg_small, vgg, with 7 classes\\) fits a seed_cnn"):
-        training.load_initial_weights(build_model("seed_cnn"), tmp_path / "avg")
+        finetune.load_initial_weights(build_model("seed_cnn"), tmp_path / "avg")
 
 
 def test_member_picks_that_network_of_an_average(tmp_path):
@@ -411,16 +415,16 @@ def test_member_picks_that_network_of_an_average(tmp_path):
     save_model(averaged, tmp_path / "avg", averaged_meta)
     for member, expected in ((None, 0), (1, 0), (2, 1)):
         fresh = build_model("vgg_small")
-        meta = training.load_initial_weights(fresh, tmp_path / "avg", member)
+        meta = finetune.load_initial_weights(fresh, tmp_path / "avg", member)
         assert meta.training == {"n": expected + 1}
         for ours, theirs in zip(fresh.get_weights(), networks[expected].get_weights()):
             np.testing.assert_array_equal(ours, theirs)
     with pytest.raises(ValueError, match="avg: member 3 is a lite; train with --architecture lite"):
-        training.load_initial_weights(build_model("vgg_small"), tmp_path / "avg", 3)
+        finetune.load_initial_weights(build_model("vgg_small"), tmp_path / "avg", 3)
     with pytest.raises(ValueError, match="avg: member 4 does not exist; it holds 3 networks"):
-        training.load_initial_weights(build_model("vgg_small"), tmp_path / "avg", 4)
+        finetune.load_initial_weights(build_model("vgg_small"), tmp_path / "avg", 4)
     with pytest.raises(ValueError, match="n1: member 2 does not exist; it holds 1 network "):
-        training.load_initial_weights(build_model("vgg_small"), tmp_path / "n1", 2)
+        finetune.load_initial_weights(build_model("vgg_small"), tmp_path / "n1", 2)
 
 
 def test_interpolate_blends_a_fine_tuned_network_with_the_member_it_started_from(cartoon, tmp_path, capsys):
@@ -454,7 +458,7 @@ def test_interpolate_blends_a_fine_tuned_network_with_the_member_it_started_from
     # A stage blended with the network it was trained from: that network's record is stored once, in the stage's.
     save_model(tuned, tmp_path / "stage", ModelMeta(architecture="vgg_small",
                                                     training={"stage": 2, "init_weights_training": {"stage": 1}}))
-    again = training.interpolate_weights(tmp_path / "stage", tmp_path / "start", 0.5)
+    again = finetune.interpolate_weights(tmp_path / "stage", tmp_path / "start", 0.5)
     assert "start_training" not in again.meta.training
     assert again.meta.training["finetuned_training"]["init_weights_training"] == {"stage": 1}
     for ours, first, second in zip(again.model.get_weights(), again.start.get_weights(), again.finetuned.get_weights()):
@@ -462,12 +466,12 @@ def test_interpolate_blends_a_fine_tuned_network_with_the_member_it_started_from
     assert all(np.array_equal(ours, theirs) for ours, theirs in zip(again.start.get_weights(), start.get_weights()))
 
     with pytest.raises(ValueError, match="alpha 1.5: must be between 0"):
-        training.interpolate_weights(tmp_path / "tuned", tmp_path / "start", 1.5)
+        finetune.interpolate_weights(tmp_path / "tuned", tmp_path / "start", 1.5)
     with pytest.raises(ValueError, match="other cannot be blended with .*tuned \\(a vgg_small\\); give the network "
                                          "it was fine-tuned from: .*do not fit a vgg_small"):
-        training.interpolate_weights(tmp_path / "tuned", tmp_path / "other", 0.5)
+        finetune.interpolate_weights(tmp_path / "tuned", tmp_path / "other", 0.5)
     with pytest.raises(ValueError, match="avg: an average of 2 networks; blend one fine-tuned network at a time"):
-        training.interpolate_weights(tmp_path / "avg", tmp_path / "start", 0.5)
+        finetune.interpolate_weights(tmp_path / "avg", tmp_path / "start", 0.5)
 
 
 # ---------------------------------------------------------------- resume and distribution
@@ -479,6 +483,7 @@ TRAIN_SCRIPT = """
     from ferkit.sample import cartoon_faces
     from ferkit.training import TrainConfig, train
 
+    # Patched where train() looks it up.
     def logged_dataset(*args, make_dataset=ferkit.training.make_dataset, **kwargs):
         # Prints "BATCH epoch index" for every training batch read, in the order it is read.
         batches = make_dataset(*args, **kwargs)
@@ -507,24 +512,24 @@ TRAIN_SCRIPT = """
 def test_join_histories_runs_epochs_on_across_stages():
     first = [{"epoch": 0.0, "val_accuracy": 0.3}, {"epoch": 1.0, "val_accuracy": 0.4}]
     second = [{"epoch": e, "val_accuracy": 0.5 + e / 10} for e in (0.0, 1.0, 2.0)]
-    joined = training.join_histories([first, second])
+    joined = join_histories([first, second])
     assert [r["epoch"] for r in joined] == [0, 1, 2, 3, 4]
     assert [r["stage"] for r in joined] == [1, 1, 2, 2, 2]
     assert [r["val_accuracy"] for r in joined] == [0.3, 0.4, 0.5, 0.6, 0.7]  # rows keep their order and values
-    assert training.join_histories([first]) == [{**r, "stage": 1} for r in first]
+    assert join_histories([first]) == [{**r, "stage": 1} for r in first]
 
 
 def test_training_resumes_after_a_kill(tmp_path):
     crashed = subprocess.run([sys.executable, "-c", textwrap.dedent(TRAIN_SCRIPT)], cwd=tmp_path,
                              env={**ENV, "CRASH_AFTER": "2"}, capture_output=True, text=True, timeout=300)
     assert crashed.returncode == 3, crashed.stderr[-2000:]
-    history = training.read_history(tmp_path / "ck" / "history.csv")
+    history = read_history(tmp_path / "ck" / "history.csv")
     assert [int(r["epoch"]) for r in history] == [0, 1]
     assert not (tmp_path / "model" / "fer.h5").exists()
 
     resumed = run_python(TRAIN_SCRIPT, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    history = training.read_history(tmp_path / "ck" / "history.csv")
+    history = read_history(tmp_path / "ck" / "history.csv")
     assert [int(r["epoch"]) for r in history] == [0, 1, 2, 3]  # resumed at epoch 3, not from scratch
     best_epoch = int(resumed.stdout.split("BEST")[1].split()[0])
     assert best_epoch == 1 + int(max(history, key=lambda r: r["val_accuracy"])["epoch"])
@@ -587,7 +592,8 @@ def test_two_logical_devices_train_under_mirrored_strategy(tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from ferkit.sample import cartoon_faces
-        from ferkit.training import TrainConfig, get_strategy, train
+        from ferkit.hardware import get_strategy
+        from ferkit.training import TrainConfig, train
         strategy = get_strategy()
         print("STRATEGY", type(strategy).__name__, strategy.num_replicas_in_sync)
         config = TrainConfig(architecture="vgg_small", epochs=1, batch_size=16, warmup_epochs=0, precision="float32",
@@ -622,7 +628,7 @@ def test_training_runs_under_jax_without_tensorflow_on_two_devices_and_loads_bac
     # Saved under JAX, loaded here under TensorFlow: the same predictions as the JAX run's best epoch.
     model, meta = load_model(tmp_path / "m" / "fer")
     assert "Keras backend jax" in meta.training["hardware"]
-    best = max(training.read_history(tmp_path / "ck" / "history.csv"), key=lambda r: r["val_accuracy"])
+    best = max(read_history(tmp_path / "ck" / "history.csv"), key=lambda r: r["val_accuracy"])
     from ferkit.sample import cartoon_faces
 
     val = cartoon_faces(2).split("PublicTest")
@@ -764,7 +770,7 @@ def test_lite_students_are_compact(name):
 
 
 def test_lite_network_builds_any_stage_list():
-    from ferkit.model import lite_network
+    from ferkit.architectures import lite_network
 
     network = lite_network([(5, 4), (1, 8)], "candidate")  # bench_students.py's candidates may stack convolutions
     assert sum(isinstance(layer, keras.layers.Conv2D) for layer in network.layers) == 6
@@ -776,7 +782,7 @@ def test_distillation_targets_mix_teacher_and_labels_and_are_cached(cartoon, tmp
     save_model(teacher, tmp_path / "model" / "teacher", ModelMeta(architecture="vgg_small"))
     train_split = cartoon.split("Training")
     config = training.TrainConfig(teacher=str(tmp_path / "model" / "teacher"), teacher_weight=0.6)
-    targets = training.teacher_targets(config, train_split, tmp_path)
+    targets = finetune.teacher_targets(config, train_split, tmp_path)
     images = train_split.images
     expected_teacher = (teacher.predict(to_model_input(images), verbose=0)
                         + teacher.predict(to_model_input(images[:, :, ::-1]), verbose=0)) / 2
@@ -786,11 +792,11 @@ def test_distillation_targets_mix_teacher_and_labels_and_are_cached(cartoon, tmp
     # A resumed run takes the cached outputs: the teacher's files are no longer needed.
     for path in (tmp_path / "model").iterdir():
         path.unlink()
-    np.testing.assert_allclose(training.teacher_targets(config, train_split, tmp_path), targets)
+    np.testing.assert_allclose(finetune.teacher_targets(config, train_split, tmp_path), targets)
     with pytest.raises(ValueError, match="do not fit"):
-        training.teacher_targets(config, cartoon.limit(2).split("Training"), tmp_path)
+        finetune.teacher_targets(config, cartoon.limit(2).split("Training"), tmp_path)
     with pytest.raises(ValueError, match="holds the outputs of teacher"):  # another teacher, same folder
-        training.teacher_targets(replace(config, teacher="other"), train_split, tmp_path)
+        finetune.teacher_targets(replace(config, teacher="other"), train_split, tmp_path)
 
 
 def test_distill_trains_a_student_that_keeps_the_teachers_crop(cartoon, tmp_path):

@@ -23,33 +23,17 @@ import cv2
 import numpy as np
 import pytest
 
+# The browser helpers the tests share with the benchmarks.
+from benchmarks.common import CHILD_ENV as ENV, CHROMIUM, PAGE_ARGS as ARGS, ROOT
+from benchmarks.common import SHIPPED_MODELS as MODELS, free_port, wait_for, write_y4m
+
 sync_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("starlette")
-
-from test_browser import CHROMIUM, free_port, write_y4m  # noqa: E402  (tests/ is on sys.path)
-
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "ferkit" / "models"  # the shipped models
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-        "--autoplay-policy=no-user-gesture-required"]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium: apt-get install chromium"),
     pytest.mark.skipif(not (MODELS / "fer.json").exists(), reason="needs the shipped model fer.json + fer.h5"),
 ]
-
-
-def wait_for(url, process, seconds=180):
-    for _ in range(seconds * 4):
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            return urllib.request.urlopen(url, timeout=1).read()
-        except OSError:
-            time.sleep(0.25)
-    raise TimeoutError(url)
 
 
 @pytest.fixture(scope="module")
@@ -175,11 +159,14 @@ def test_the_pages_two_searches_merge_as_detect_faces_does(server, browser, monk
 
 def test_the_pages_tracker_follows_faces_as_the_video_tracker_does(server, browser):
     """tracking.js against ferkit.prediction's tracker: the same detections, the same ids and smoothed scores."""
-    from ferkit.prediction import TRACKING, _Tracker
+    from dataclasses import asdict
+
+    from ferkit.tracking import Tracker
+    from ferkit.settings import TRACKING
     from ferkit import faces
 
     index = json.loads(urllib.request.urlopen(server + "models/index.json").read())
-    assert index["tracking"] == TRACKING  # one definition, received by the page
+    assert index["tracking"] == asdict(TRACKING)  # one definition, received by the page
     names = index["models"][0]["class_names"]
     rng = np.random.default_rng(4)
     frames, boxes = [], [[40, 40, 100, 100], [300, 60, 90, 90], [500, 300, 80, 80]]
@@ -190,7 +177,7 @@ def test_the_pages_tracker_follows_faces_as_the_video_tracker_does(server, brows
             boxes[k] = [int(v) for v in np.add(boxes[k], [rng.integers(-6, 7), rng.integers(-6, 7), 0, 0])]
             faces_now.append({"box": list(boxes[k]), "probabilities": dict(zip(names, rng.dirichlet(np.ones(7))))})
         frames.append(faces_now)
-    tracker, expected = _Tracker(TRACKING["smoothing"], TRACKING["min_iou"], TRACKING["max_missed"]), []
+    tracker, expected = Tracker(TRACKING.smoothing, TRACKING.min_iou, TRACKING.max_missed), []
     for faces_now in frames:
         found = [faces.Face(tuple(f["box"]), 0.9) for f in faces_now]
         probabilities = np.array([[f["probabilities"][n] for n in names] for f in faces_now])

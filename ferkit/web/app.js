@@ -1,5 +1,8 @@
 // The ferkit page: Live (webcam), Photo and Video views over one in-page pipeline (pipeline.js).
 //
+// camera.js, framerate.js and drawing.js come before it as classic scripts (their ferkit* functions are shared
+// with the notebook widget and Colab, where modules cannot be imported).
+//
 // Scripting hook: window.ferkitState = {fps, latencyMs, model, faces: [{box, label, score, probabilities}]},
 // updated on every analysed frame and photo, plus `ready` once the models are loaded and `error` if a step fails.
 import { Pipeline } from "./pipeline.js";
@@ -79,24 +82,9 @@ async function useModel(name) {
 
 // ---------------------------------------------------------------- drawing
 
-function drawFaces(context, faces, scale = 1) {
-  const unit = Math.max(context.canvas.width, context.canvas.height) / 640;
-  context.lineWidth = Math.max(1, Math.round(2 * unit));
-  context.font = `${Math.max(12, Math.round(16 * unit))}px sans-serif`;
-  for (const face of faces) {
-    const [x, y, w, h] = face.box.map((v) => v * scale);
-    const color = index.colors[face.label] || "rgb(160,160,160)";
-    const text = `${face.label} ${Math.round(100 * face.score)}%`;
-    context.strokeStyle = color;
-    context.strokeRect(x, y, w, h);
-    const textWidth = context.measureText(text).width, textHeight = Math.max(12, 16 * unit);
-    const top = y - textHeight - 4 * unit < 0 ? y : y - textHeight - 4 * unit;
-    context.fillStyle = color;
-    context.fillRect(x, top, textWidth + 4 * unit, textHeight + 4 * unit);
-    context.fillStyle = "#000";
-    context.fillText(text, x + 2 * unit, top + textHeight);
-  }
-}
+// Faces and timelines take their colours from index.json (ferkit.settings' EMOTION_COLORS and UNKNOWN_COLOR);
+// the boxes and labels themselves are drawn by drawing.js.
+const palette = () => ({ colors: index.colors, unknownColor: index.unknown_color });
 
 function drawBars(container, faces) {
   container.replaceChildren(...faces.map((face, i) => el("div", { className: "face-bars" },
@@ -147,7 +135,7 @@ function drawTimeline(canvas, track) {
   if (!track || track.history.length < 2) { context.fillStyle = "#888"; context.fillText("emotion over time appears here", 8, 20); return; }
   const [start] = track.history[0], end = track.history[track.history.length - 1][0], span = Math.max(1, end - start);
   Object.keys(track.history[0][1]).forEach((name, k) => {
-    context.strokeStyle = index.colors[name] || "#888";
+    context.strokeStyle = ferkitColor(name, palette());
     context.beginPath();
     track.history.forEach(([t, p], i) => {
       const x = ((t - start) / span) * (canvas.width - 70), y = canvas.height - 10 - p[name] * (canvas.height - 20);
@@ -159,16 +147,16 @@ function drawTimeline(canvas, track) {
   });
 }
 
-const live = { camera: null, running: false, overlay: null, grab: null, times: [], tracker: null, history: new Map() };
+const live = { camera: null, running: false, overlay: null, grab: null, meter: null, tracker: null, history: new Map() };
 
 async function startLive() {
   if (live.running) return;
   const stage = $("live-stage");
   live.camera = await ferkitOpenCamera(stage, 640);
-  live.overlay = document.createElement("canvas");
-  live.camera.box.appendChild(live.overlay);
+  live.overlay = ferkitOverlay(live.camera);
   live.grab = document.createElement("canvas");
-  live.tracker = new Tracker(index.tracking);  // a new session: ids from 0, no history
+  live.tracker = new Tracker(index.tracking);  // a new session: ids from 0, no history, a new frame rate
+  live.meter = ferkitFrameRateMeter();
   live.history.clear();
   live.running = true;
   $("live-start").disabled = true;
@@ -201,17 +189,16 @@ async function liveStep() {
       followFaces(faces, t2);
       live.overlay.width = frame.width;
       live.overlay.height = frame.height;
-      drawFaces(live.overlay.getContext("2d"), faces);
+      ferkitDrawFaces(live.overlay.getContext("2d"), faces, palette());
       drawBars($("live-bars"), faces);
       const oldest = Math.min(...live.history.keys());
       drawTimeline($("live-timeline"), live.history.has(oldest) ? { history: live.history.get(oldest) } : null);
       const t3 = performance.now();
-      let fps;
-      ({ fps, times: live.times } = ferkitFrameRate(live.times, t3));
+      const fps = live.meter.tick(t3);
       const latencyMs = { frame: t1 - t0, ...timings, drawing: t3 - t2, total: t3 - t0 };
       state.frames += 1;
       publish(faces, latencyMs, fps);
-      $("live-readout").textContent = `${fps.toFixed(1)} FPS · ` + Object.entries(latencyMs).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ");
+      $("live-readout").textContent = `${ferkitFrameRateText(fps)} · ` + Object.entries(latencyMs).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ");
     } catch (error) {
       fail(error);
     }
@@ -247,7 +234,7 @@ async function analysePhoto(file) {
   const started = performance.now();
   const { faces, timings } = await pipeline.analyse(frame, { upscaleSearch: true });
   publish(faces, { ...timings, total: performance.now() - started });
-  drawFaces(context, faces);
+  ferkitDrawFaces(context, faces, palette());
   photoResult = { file: file.name, model: state.model, faces: state.faces };
   $("photo-readout").textContent = faces.length ? `${file.name}: ${faces.map((f) => `${f.label} ${Math.round(100 * f.score)}%`).join(", ")}` : `${file.name}: no face found`;
   const names = faces.length ? Object.keys(faces[0].probabilities) : [];

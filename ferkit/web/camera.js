@@ -1,5 +1,7 @@
 // The browser camera, shared by the notebook widget (widget.js), Colab (colab_live.js, eval_js)
-// and the web page (app.js): open it, grab frames, draw the faces over it.
+// and the web page (app.js): open it, grab frames, lay a canvas over it (drawing.js draws the faces there).
+// A classic script of function declarations: the page loads it with a <script> tag, and ferkit.webcam
+// concatenates it, with framerate.js and drawing.js, into the widget's module and Colab's eval_js scripts.
 
 function ferkitExplain(error) {
   const name = (error && error.name) || "";
@@ -24,6 +26,14 @@ async function ferkitOpenCamera(root, width) {
   root.appendChild(box);
   await video.play();
   return {stream, box, video};
+}
+
+// A canvas over the camera's video, stretched to it: the live views draw their faces there.
+function ferkitOverlay(camera) {
+  const overlay = document.createElement("canvas");
+  Object.assign(overlay.style, {position: "absolute", left: "0", top: "0", width: "100%", height: "100%"});
+  camera.box.appendChild(overlay);
+  return overlay;
 }
 
 function ferkitFrame(video, maxWidth, quality) {
@@ -64,32 +74,4 @@ async function ferkitTakePhoto(parent, quality, timeoutMs) {
   } finally {
     ferkitClose(camera, root);
   }
-}
-
-// The frame rate every live view shows: frames over the last three seconds. `times` (ms, oldest first) gains
-// `now`; returns the rate and the times still inside the window, to pass in next time.
-function ferkitFrameRate(times, now = performance.now()) {
-  const recent = [...times, now].filter((t) => t > now - 3000);
-  const fps = recent.length > 1 ? (recent.length - 1) / ((now - recent[0]) / 1000) : 0;
-  return { fps, times: recent };
-}
-
-// Live overlay: draws boxes and labels from the kernel over the video.
-function ferkitDrawOverlay(canvas, video, faces, fps) {
-  canvas.width = video.videoWidth;
-  canvas.height = video.videoHeight;
-  const context = canvas.getContext("2d");
-  context.clearRect(0, 0, canvas.width, canvas.height);
-  const unit = Math.max(canvas.width, canvas.height) / 640;
-  context.lineWidth = Math.max(1, 2 * unit);
-  context.font = Math.round(16 * unit) + "px sans-serif";
-  for (const face of faces) {
-    const [x, y, w, h] = face.box.map((v) => v * face.scale);
-    context.strokeStyle = face.color;
-    context.fillStyle = face.color;
-    context.strokeRect(x, y, w, h);
-    context.fillText(face.text, x, Math.max(16 * unit, y - 4 * unit));
-  }
-  context.fillStyle = "yellow";
-  context.fillText(fps.toFixed(1) + " FPS", 8 * unit, canvas.height - 8 * unit);
 }

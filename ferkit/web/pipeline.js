@@ -13,8 +13,8 @@
 
 import { iou } from "./geometry.js";
 
-// OpenCV FaceDetectorYN's settings as ferkit.faces creates it; the score floor comes from index.json.
-const YUNET = { nmsThreshold: 0.3, topK: 5000, strides: [8, 16, 32] };
+// YuNet's feature-map strides (the network's shape); its NMS and score floor come from index.json's detector.
+const YUNET_STRIDES = [8, 16, 32];
 
 export function roundHalfEven(value) {
   const floor = Math.floor(value);
@@ -42,10 +42,10 @@ function detectorInput(image) {
 }
 
 // YuNet's outputs -> [{box: [x, y, w, h] floats, score, landmarks}] after NMS, as cv::FaceDetectorYN decodes them
-// with score threshold `floor`.
-export function decodeYunet(outputs, paddedW, paddedH, floor) {
+// with index.json's detector settings (ferkit.settings.DetectorSettings: score_floor, nms_threshold, top_k).
+export function decodeYunet(outputs, paddedW, paddedH, { score_floor: floor, nms_threshold, top_k }) {
   const candidates = [];
-  for (const stride of YUNET.strides) {
+  for (const stride of YUNET_STRIDES) {
     const cols = paddedW / stride, rows = paddedH / stride;
     const cls = outputs["cls_" + stride].data, obj = outputs["obj_" + stride].data;
     const bbox = outputs["bbox_" + stride].data, kps = outputs["kps_" + stride].data;
@@ -64,8 +64,8 @@ export function decodeYunet(outputs, paddedW, paddedH, floor) {
   }
   candidates.sort((a, b) => b.score - a.score);
   const kept = [];
-  for (const candidate of candidates.slice(0, YUNET.topK)) {
-    if (kept.every((k) => iou(k.box, candidate.box) <= YUNET.nmsThreshold)) kept.push(candidate);
+  for (const candidate of candidates.slice(0, top_k)) {
+    if (kept.every((k) => iou(k.box, candidate.box) <= nms_threshold)) kept.push(candidate);
   }
   return kept;
 }
@@ -208,8 +208,7 @@ function rescale(image, scale) {
 
 export class Pipeline {
   // ort: the onnxruntime-web module; meta: the model's fer.meta.json (class names, input size, crop settings);
-  // search: index.json's detector settings (ferkit.faces: MIN_FACE_SCORE, DETECT_MAX_PIXELS, the smallest face
-  // kept from the enlarged search UPSCALE_SEARCH_MIN_FACE, CONFIRMED_SCORE_DISCOUNT, YUNET_SCORE_FLOOR).
+  // search: index.json's detector settings (ferkit.settings.DetectorSettings, which ferkit.faces uses).
   static async create(ort, { detectorUrl, modelUrl, meta, search, executionProviders = ["wasm"] }) {
     const options = { executionProviders, graphOptimizationLevel: "all" };
     const [detector, classifier] = await Promise.all([
@@ -217,16 +216,18 @@ export class Pipeline {
     return new Pipeline(ort, detector, classifier, meta, search);
   }
 
-  constructor(ort, detector, classifier, meta,
-              { min_face_score, max_pixels, upscale_search_min_face, confirmed_score_discount, score_floor }) {
-    Object.assign(this, { ort, detector, classifier, meta, minFaceScore: min_face_score, maxPixels: max_pixels,
+  constructor(ort, detector, classifier, meta, search) {
+    const { min_face_score, max_pixels, upscale_search_min_face, confirmed_score_discount, confirm_iou,
+            new_face_iou } = search;
+    Object.assign(this, { ort, detector, classifier, meta, detectorSettings: search,
+                          minFaceScore: min_face_score, maxPixels: max_pixels,
                           upscaleMinFace: upscale_search_min_face, confirmedDiscount: confirmed_score_discount,
-                          scoreFloor: score_floor });
+                          confirmIou: confirm_iou, newFaceIou: new_face_iou });
   }
 
   // ferkit.faces.detect_faces: one search on the frame scaled to the pixel budget; with upscaleSearch (photos)
-  // a second at twice that size: a face of the first that the second also sees (IoU 0.5 or more) is kept from
-  // minFaceScore - confirmedDiscount, and the faces only the second finds (IoU below 0.3 with every face kept)
+  // a second at twice that size: a face of the first that the second also sees (IoU confirmIou or more) is kept
+  // from minFaceScore - confirmedDiscount, and the faces only the second finds (IoU below newFaceIou with every face)
   // from minFaceScore and upscaleMinFace up.
   async detect(image, { upscaleSearch = false } = {}) {
     const scale = Math.min(1, Math.sqrt(this.maxPixels / (image.width * image.height)));
@@ -235,10 +236,10 @@ export class Pipeline {
       const low = this.minFaceScore - this.confirmedDiscount;
       const first = await this.search(image, scale, low), enlarged = await this.search(image, 2 * scale, low);
       faces = first.filter((face) => face.score >= this.minFaceScore
-                                     || enlarged.some((other) => iou(face.box, other.box) >= 0.5));
+                                     || enlarged.some((other) => iou(face.box, other.box) >= this.confirmIou));
       for (const face of enlarged) {
         const big = Math.max(face.box[2], face.box[3]) * scale >= this.upscaleMinFace;
-        if (face.score >= this.minFaceScore && big && faces.every((other) => iou(face.box, other.box) < 0.3)) {
+        if (face.score >= this.minFaceScore && big && faces.every((other) => iou(face.box, other.box) < this.newFaceIou)) {
           faces.push(face);
         }
       }
@@ -263,7 +264,7 @@ export class Pipeline {
     const { blob, paddedW, paddedH } = detectorInput(searched);
     const input = new this.ort.Tensor("float32", blob, [1, 3, paddedH, paddedW]);
     const outputs = await this.detector.run({ [this.detector.inputNames[0]]: input });
-    return decodeYunet(outputs, paddedW, paddedH, this.scoreFloor).filter((found) => found.score >= minScore).map((found) => ({
+    return decodeYunet(outputs, paddedW, paddedH, this.detectorSettings).filter((found) => found.score >= minScore).map((found) => ({
       box: found.box.map((v, i) => roundHalfEven(v * back[i % 2])), score: found.score,
       landmarks: found.landmarks.map(([lx, ly]) => [lx * back[0], ly * back[1]]),
     }));

@@ -1,4 +1,5 @@
-// The anywidget front end (ferkit.webcam.CameraWidget); camera.js is prepended to it.
+// The anywidget front end (ferkit.webcam.CameraWidget); camera.js, framerate.js and drawing.js are prepended
+// to it (ferkit.webcam.CAMERA_JS).
 
 function render({model, el}) {
   if (model.get("mode") === "snapshot") {
@@ -11,7 +12,8 @@ function render({model, el}) {
   }
   // Live: send a small frame, wait for the kernel's faces, draw, repeat. Only one
   // frame is ever in flight, so a slow model drops frames instead of queueing them.
-  let camera = null, running = true, results = [], lastFps = 0;
+  let camera = null, overlay = null, running = true, lastFps = 0;
+  const meter = ferkitFrameRateMeter();
   const root = document.createElement("div");
   el.appendChild(root);
   const stop = document.createElement("button");
@@ -27,14 +29,12 @@ function render({model, el}) {
   };
   model.on("msg:custom", (message) => {
     if (message.type !== "faces" || !running) return;
-    let fps;
-    ({ fps, times: results } = ferkitFrameRate(results));
+    const fps = meter.tick();
     ferkitDrawOverlay(overlay, camera.video, message.faces, fps);
-    readout.textContent = fps.toFixed(1) + " FPS";
+    readout.textContent = ferkitFrameRateText(fps);
     lastFps = fps;
     send();
   });
-  let overlay = document.createElement("canvas");
   stop.onclick = () => {
     running = false;
     ferkitClose(camera, null);
@@ -43,12 +43,7 @@ function render({model, el}) {
   };
   ferkitOpenCamera(root, 640).then((opened) => {
     camera = opened;
-    overlay.style.position = "absolute";
-    overlay.style.left = "0";
-    overlay.style.top = "0";
-    overlay.style.width = "100%";
-    overlay.style.height = "100%";
-    camera.box.appendChild(overlay);
+    overlay = ferkitOverlay(camera);
     root.appendChild(stop);
     root.appendChild(readout);
     model.set("running", true);
