@@ -13,8 +13,8 @@ Routes (all relative, so the same page works from a static folder,
     GET    /models/index.json        the models offered: class names, crop settings, accuracy, size
     GET    /models/{name}.onnx       a model, exported to ONNX on start-up
     GET    /models/yunet.onnx        the face detector, with free input size
-    POST   /api/videos               upload a video (the request body); 202 {"id": ...}
-    GET    /api/videos/{id}          {"status", "frames_done", "frames_total", "error"}
+    POST   /api/videos?model=NAME    upload a video (the request body) for a model (default: the first); 202 {"id": ...}
+    GET    /api/videos/{id}          {"status", "model", "frames_done", "frames_total", "error", "faces_total", ...}
     GET    /api/videos/{id}/video.webm, /faces.csv, /timeline.png
     DELETE /api/videos/{id}          cancel the job, remove its files
 
@@ -44,9 +44,11 @@ import numpy as np
 from ferkit import files
 from ferkit.export import export_onnx
 from ferkit.faces import YUNET_MODEL, checked_yunet_model
+from ferkit.images import MAX_IMAGE_PIXELS
 from ferkit.model import ModelMeta, resolve_model
 from ferkit.settings import page_settings
 from ferkit.video_jobs import JOB_TTL_SECONDS, MAX_WAITING_JOBS, MAX_WORK_BYTES, QueueFull, VideoJobs
+from ferkit.web_assets import compressed_static_files, precompress
 from ferkit.web_security import (EVERY_INTERFACE, LOOPBACK_HOSTS, STATE_CHANGING, cross_site_reason, host_checker,
                                  safe_filename, sniff_video)
 
@@ -56,6 +58,9 @@ from ferkit.web_security import (EVERY_INTERFACE, LOOPBACK_HOSTS, STATE_CHANGING
 WEB = Path(__file__).parent / "web"
 #: Largest video upload accepted.
 MAX_UPLOAD_BYTES = 200 * 2**20
+#: The model the page starts with when the models are not named: the fastest shipped one (Live's frame rate,
+#: and the smallest first load); the switch offers the others, fetched when chosen.
+PAGE_DEFAULT_MODEL = "fer_lite"
 
 
 def flexible_yunet(path: Path) -> Path:
@@ -96,7 +101,8 @@ def prepare_models(names: list[str] | None, folder: Path) -> list[ModelEntry]:
             raise ValueError(f"{name}: two models named {label!r}; give each model a distinct file name")
         meta_path = stem.with_name(stem.name + ".meta.json")
         meta = ModelMeta.read(meta_path) if meta_path.exists() else ModelMeta()
-        onnx_path = export_onnx(stem, folder / f"{label}.onnx")
+        # float16 weights: half the download, accuracy unchanged (docs/experiments/page-speed.md)
+        onnx_path = export_onnx(stem, folder / f"{label}.onnx", float16_weights=True)
         entries.append(ModelEntry(label, stem, meta, onnx_path, _model_info(stem, meta, onnx_path)))
     flexible_yunet(folder / "yunet.onnx")
     return entries
@@ -138,14 +144,23 @@ def recorded_accuracy(stem: Path) -> dict:
     return {}
 
 
-def models_index(entries: list[ModelEntry]) -> dict:
+def default_model(named: list[str] | None, entries: list[ModelEntry]) -> str:
+    """The model the page starts with: PAGE_DEFAULT_MODEL where the models were not named and it is served,
+    else the first."""
+    served = [e.name for e in entries]
+    return PAGE_DEFAULT_MODEL if not named and PAGE_DEFAULT_MODEL in served else served[0]
+
+
+def models_index(entries: list[ModelEntry], default: str | None = None) -> dict:
     """``models/index.json``: everything the page needs to run each model, and to colour and label faces."""
     settings = page_settings()
     return {
+        "default_model": default or entries[0].name,
         # The vocabulary (ferkit.settings): the search Predictor.predict makes, for pipeline.js
         # (ferkit.faces.detect_faces), the tracking of the video path, colours and file types.
         **settings,
         "detector": {**settings["detector"], "url": "models/yunet.onnx"},
+        "max_image_pixels": MAX_IMAGE_PIXELS,  # photos over this are refused, as `--max-pixels` refuses them
         "models": [{"name": e.name, "url": f"models/{e.name}.onnx", "class_names": e.meta.class_names,
                     "input_size": e.meta.input_size, "face_margin": e.meta.face_margin,
                     "face_offset": e.meta.face_offset, "face_align": e.meta.face_align,
@@ -161,7 +176,9 @@ def write_static_site(folder: str | Path, models: list[str] | None = None) -> Pa
         raise files.OutputError(f"{folder}: not empty; give a new or empty folder for the static site")
     shutil.copytree(WEB, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sh"))
     entries = prepare_models(models, folder / "models")
-    files.write_text(folder / "models" / "index.json", json.dumps(models_index(entries), indent=2))
+    files.write_text(folder / "models" / "index.json",
+                     json.dumps(models_index(entries, default_model(models, entries)), indent=2))
+    precompress(folder)  # NAME.gz beside each file, for hosts that serve precompressed files
     return folder
 
 
@@ -183,12 +200,14 @@ def create_app(models: list[str] | None = None, max_upload_bytes: int = MAX_UPLO
     from starlette.requests import ClientDisconnect
     from starlette.responses import FileResponse, JSONResponse, Response
     from starlette.routing import Mount, Route
-    from starlette.staticfiles import StaticFiles
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="ferkit-serve-"))
     entries = prepare_models(models, work / "models")
-    files.write_text(work / "models" / "index.json", json.dumps(models_index(entries), indent=2))
-    jobs = VideoJobs(entries[0].stem, work / "videos", max_waiting_jobs, job_ttl_seconds)
+    files.write_text(work / "models" / "index.json",
+                     json.dumps(models_index(entries, default_model(models, entries)), indent=2))
+    precompress(WEB, work / "compressed" / "web")  # once, not per request (ferkit.web_assets)
+    precompress(work / "models", work / "compressed" / "models")
+    jobs = VideoJobs({e.name: e.stem for e in entries}, work / "videos", max_waiting_jobs, job_ttl_seconds)
     known_host = host_checker(allowed_hosts)
 
     def error(status: int, message: str, **headers: str) -> JSONResponse:
@@ -214,6 +233,9 @@ def create_app(models: list[str] | None = None, max_upload_bytes: int = MAX_UPLO
         if declared < 0:
             return error(400, "Content-Length is not a byte count")
         filename = safe_filename(request.headers.get("x-filename"))
+        model = request.query_params.get("model")  # the page's model switch; none: the first model
+        if reason := jobs.unknown_model(model):
+            return error(400, reason)
         if declared > max_upload_bytes:
             return error(413, f"the video is {mib(declared)}; the limit is {mib(max_upload_bytes)}")
         if jobs.waiting() >= max_waiting_jobs:  # before the body: refuse early
@@ -238,7 +260,7 @@ def create_app(models: list[str] | None = None, max_upload_bytes: int = MAX_UPLO
                     out.write(chunk)
             if sniff_video(head) is None:
                 return error(415, f"{filename}: not a video; expected MP4, MOV, WebM, MKV or AVI")
-            job = jobs.start(Path(temporary), filename)
+            job = jobs.start(Path(temporary), filename, model)
             return JSONResponse(job.as_dict(), status_code=202)
         except QueueFull:
             return queue_full()
@@ -304,8 +326,8 @@ def create_app(models: list[str] | None = None, max_upload_bytes: int = MAX_UPLO
         Route("/api/videos/{job_id}", video_status),
         Route("/api/videos/{job_id}", cancel_video, methods=["DELETE"]),
         Route("/api/videos/{job_id}/{name}", video_file),
-        Mount("/models", StaticFiles(directory=work / "models")),
-        Mount("/", StaticFiles(directory=WEB, html=True)),
+        Mount("/models", compressed_static_files(work / "models", work / "compressed" / "models")),
+        Mount("/", compressed_static_files(WEB, work / "compressed" / "web", html=True)),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(Guard), Middleware(Isolation)], lifespan=lifespan)
     app.state.jobs, app.state.work, app.state.entries = jobs, work, entries

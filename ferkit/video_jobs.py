@@ -13,6 +13,7 @@ import logging
 import os
 import queue
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -48,16 +49,20 @@ class VideoJob:
     folder: Path
     filename: str  # as shown: cleaned by safe_filename, never part of a path
     source: Path  # the upload, inside folder
+    model: str = ""  # the name of the model that annotates it (one of VideoJobs.models)
     status: str = "queued"  # queued, running, done, failed, cancelled
     frames_done: int = 0
     frames_total: int | None = None
     error: str = ""
+    faces_total: int = 0  # distinct face ids in the result
+    faces_plotted: int = 0  # those timeline.png shows (plot_emotion_timeline draws the first few)
     finished_at: float | None = None  # time.monotonic() when it ended: JOB_TTL_SECONDS counts from here
     cancel: threading.Event = field(default_factory=threading.Event)
 
     def as_dict(self) -> dict:
-        return {"id": self.id, "file": self.filename, "status": self.status, "frames_done": self.frames_done,
-                "frames_total": self.frames_total, "error": self.error}
+        return {"id": self.id, "file": self.filename, "model": self.model, "status": self.status,
+                "frames_done": self.frames_done, "frames_total": self.frames_total, "error": self.error,
+                "faces_total": self.faces_total, "faces_plotted": self.faces_plotted}
 
 
 class VideoJobs:
@@ -65,16 +70,19 @@ class VideoJobs:
 
     A video job takes a CPU's worth of TensorFlow for as long as the video plays or longer; running several at
     once only makes each slower and multiplies the memory, so they wait in line, and only a few may wait.
+
+    models: {name: model stem} the jobs may ask for (the page's model switch); the first is the default.
     """
 
-    def __init__(self, model: Path, root: Path, max_waiting: int = MAX_WAITING_JOBS,
+    def __init__(self, models: dict[str, Path], root: Path, max_waiting: int = MAX_WAITING_JOBS,
                  ttl_seconds: float = JOB_TTL_SECONDS):
-        self.model, self.root, self.max_waiting, self.ttl_seconds = model, root, max_waiting, ttl_seconds
+        self.models, self.root, self.max_waiting, self.ttl_seconds = dict(models), root, max_waiting, ttl_seconds
+        self.default_model = next(iter(self.models))
         self.jobs: dict[str, VideoJob] = {}
         self.lock = threading.Lock()  # guards self.jobs and each job's status
         self.line: queue.Queue[VideoJob | None] = queue.Queue()
         self.receiving = 0  # bytes of uploads being received now (counted in the event loop only)
-        self._predictor = None
+        self._predictor: tuple[str, Predictor] | None = None  # the last model used, kept loaded for the next job
         threading.Thread(target=self._work, daemon=True, name="ferkit-video-jobs").start()
 
     def waiting(self) -> int:
@@ -84,15 +92,27 @@ class VideoJobs:
         """What the queued and finished jobs take on disk now (uploads being received are in self.receiving)."""
         return folder_bytes(self.root)
 
-    def start(self, upload: Path, filename: str) -> VideoJob:
-        """Queue an upload (moved into the job's folder); raises QueueFull when enough jobs wait already."""
+    def unknown_model(self, name: str | None) -> str | None:
+        """Why ``name`` cannot annotate a video here (the page shows it), or None when it can (None: the default)."""
+        if name is None or name in self.models:
+            return None
+        return f"unknown model {name!r}; this server offers {', '.join(self.models)}"
+
+    def start(self, upload: Path, filename: str, model: str | None = None) -> VideoJob:
+        """Queue an upload (moved into the job's folder) for ``model`` (a name in self.models; None: the default).
+
+        Raises QueueFull when enough jobs wait already, ValueError for a model this server does not offer.
+        """
+        if reason := self.unknown_model(model):
+            raise ValueError(reason)
         with self.lock:
             if self.waiting() >= self.max_waiting:
                 raise QueueFull(f"{self.waiting()} videos are waiting already; try again when one is done")
             job_id = uuid.uuid4().hex[:12]
             folder = self.root / job_id
             folder.mkdir(parents=True)
-            job = VideoJob(job_id, folder, filename, folder / ("input" + video_suffix(filename)))
+            job = VideoJob(job_id, folder, filename, folder / ("input" + video_suffix(filename)),
+                           model or self.default_model)
             shutil.move(str(upload), job.source)
             self.jobs[job_id] = job
         self.line.put(job)
@@ -131,17 +151,28 @@ class VideoJobs:
             if job.cancel.is_set():
                 raise JobCancelled
 
-        if self._predictor is None:  # only the worker thread gets here: no lock
-            self._predictor = Predictor(self.model)
-        table = self._predictor.predict_video(job.source, job.folder / "video.webm", progress=False,
-                                              on_progress=on_progress)
+        # Only the worker thread gets here: no lock. One model stays loaded: jobs mostly ask for the same one.
+        if self._predictor is None or self._predictor[0] != job.model:
+            self._predictor = None  # the previous model's memory goes before the next one loads
+            self._predictor = (job.model, Predictor(self.models[job.model]))
+        table = self._predictor[1].predict_video(job.source, job.folder / "video.webm", progress=False,
+                                                 on_progress=on_progress)
         write_video_table(table, job.folder / "faces.csv")
-        plot_emotion_timeline(table, job.folder / "timeline.png")
+        figure = plot_emotion_timeline(table, job.folder / "timeline.png")
+        job.faces_total = int(table["face_id"].nunique()) if len(table) else 0
+        # The panels drawn (one per face shown, or one saying "no face"): the page says "showing k of n".
+        job.faces_plotted = min(job.faces_total, len(figure.axes))
+        figure.clf()  # a server makes many plots: free this one's drawing now
 
     def public_error(self, error: Exception, job: VideoJob) -> str:
-        """The reason as the page shows it: the upload by its own name, no path on this machine."""
+        """The reason as the page shows it: the upload by its own name, no path on this machine.
+
+        The job's own files go by their names, anything else under the server's work folder or the system's
+        temporary folder as "(server)".
+        """
         message = (str(error) or type(error).__name__).replace(str(job.source), job.filename)
-        return message.replace(str(job.folder) + os.sep, "").replace(str(self.root.parent), "(server)")
+        message = message.replace(str(job.folder) + os.sep, "").replace(str(self.root.parent), "(server)")
+        return message.replace(tempfile.gettempdir(), "(server)")
 
     def cancel(self, job_id: str) -> VideoJob | None:
         with self.lock:

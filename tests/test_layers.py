@@ -21,8 +21,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "model": ("portable", "architectures", "model", "inference"),
     "training and inference": ("augmentation", "hardware", "history", "finetune", "training", "callbacks", "evaluation",
                                "prediction", "tracking", "video", "batch", "fidelity", "export"),
-    "applications": ("cli", "commands", "server", "web_security", "video_jobs", "webcam", "analyse", "report", "recordings",
-                     "__main__", "__init__"),
+    "applications": ("cli", "commands", "server", "web_assets", "web_security", "video_jobs", "webcam", "analyse",
+                     "report", "recordings", "__main__", "__init__"),
 }
 LEVEL = {module: level for level, modules in enumerate(LAYERS.values()) for module in modules}
 MAX_LINES = 420

@@ -107,19 +107,21 @@ def photo_in_page(page, path):
     page.page.click("button[data-view=photo]")
     page.page.evaluate("window.ferkitState.faces = []")
     with page.page.expect_file_chooser() as chooser:
-        page.page.click("#photo-drop label")
+        page.page.click("#photo-choose")
     chooser.value.set_files(str(path))
     page.page.wait_for_function("window.ferkitState.faces.length > 0", timeout=60000)
     return page.state()
 
 
-def test_the_page_gives_predictors_answers_on_the_same_frame(server, browser, scene):
+@pytest.mark.parametrize("model", ["fer", "fer_lite"])  # each model the page serves (fer_lite is its default)
+def test_the_page_gives_predictors_answers_on_the_same_frame(server, browser, scene, model):
     from ferkit.prediction import Predictor
 
-    page = Page(browser, server, os.environ.get("FERKIT_SCREENSHOTS"))
+    page = Page(browser, f"{server}?model={model}", os.environ.get("FERKIT_SCREENSHOTS") if model == "fer" else None)
+    assert page.state()["model"] == model
     in_page = photo_in_page(page, scene)["faces"]
     page.shoot("photo")
-    expected = Predictor().predict(scene).faces
+    expected = Predictor(model).predict(scene).faces
     assert len(in_page) == len(expected) == 2
     for ours, theirs in zip(in_page, expected):
         assert np.abs(np.subtract(ours["box"], theirs.box)).max() <= 2, (ours["box"], theirs.box)

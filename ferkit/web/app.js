@@ -4,9 +4,16 @@
 // with the notebook widget and Colab, where modules cannot be imported).
 //
 // Scripting hook: window.ferkitState = {fps, latencyMs, model, faces: [{box, label, score, probabilities}]},
-// updated on every analysed frame and photo, plus `ready` once the models are loaded and `error` if a step fails.
-import { Pipeline } from "./pipeline.js";
+// updated on every analysed frame and photo, plus `ready` once the models are loaded and `error` if a step fails,
+// and `session`, the Live session's history (session.js) that the session panel draws and exports.
+import { createPipeline } from "./inference.js";
+import { el, download, jsonBlob } from "./dom.js";
+import { clearPhoto, setupPhoto } from "./photo.js";
+import { setupVideo } from "./video.js";
 import { Tracker } from "./tracking.js";
+import { Session } from "./session.js";
+import { SessionPanel } from "./session_panel.js";
+import { explainSource, fillSourcePicker, openSource, parseSource } from "./sources.js";
 
 const $ = (id) => document.getElementById(id);
 const state = (window.ferkitState = { ready: false, fps: 0, latencyMs: {}, model: null, faces: [], error: null,
@@ -15,20 +22,25 @@ let index = null;
 let pipeline = null;
 let booted = false;  // `ready` is first set once start-up (and the live view's auto-start) is decided
 
-function setStatus(text) { $("status").textContent = text; }
-
-// An element with properties and children; strings go in as text, never as markup: class names come from model
-// files, file names from the user's disk, job fields from the server (none of them may run script here).
-function el(tag, properties = {}, ...children) {
-  const node = Object.assign(document.createElement(tag), properties);
-  node.append(...children.map((child) => (child instanceof Node ? child : String(child))));
-  return node;
+// The header's status line: one line, cut where long (the title holds it all); an error is shown whole.
+function setStatus(text, problem = false) {
+  Object.assign($("status"), { textContent: text, title: text });
+  $("status").classList.toggle("problem", problem);
 }
 
 function fail(error) {
   state.error = String((error && error.message) || error);
-  setStatus("error: " + state.error);
+  setStatus("error: " + state.error, true);
   console.error(error);
+}
+
+const readyText = () => `ready · WASM, ${state.threads} thread${state.threads > 1 ? "s" : ""}`;
+
+// The next success after an error takes the error out of the header (the console keeps it).
+function succeed() {
+  if (state.error === null) return;
+  state.error = null;
+  setStatus(readyText());
 }
 
 function publish(faces, latencyMs, fps) {
@@ -47,9 +59,19 @@ async function loadModels() {
   state.threads = crossOriginIsolated ? threads || Math.min(2, navigator.hardwareConcurrency || 1) : 1;
   ort.env.wasm.numThreads = state.threads;
   const select = $("model");
-  for (const entry of index.models) select.add(new Option(entry.name, entry.name));
-  select.onchange = () => useModel(select.value).catch(fail);
-  await useModel(index.models[0].name);
+  // Each option names its measured accuracy (PrivateTest, where recorded) and which one is the fast default.
+  for (const entry of index.models) {
+    const accuracy = entry.accuracy?.PrivateTest ? ` · ${(100 * entry.accuracy.PrivateTest).toFixed(1)}%` : "";
+    select.add(new Option(`${entry.name}${accuracy}${index.models.length > 1 && entry.name === index.default_model ? " · fastest" : ""}`, entry.name));
+  }
+  select.onchange = () => { clearPhoto(); useModel(select.value).catch(fail); };  // the photo was another model's
+  // ?model=NAME picks the model; otherwise index.json's default (the fast fer_lite where it is served). Only the
+  // chosen model is fetched; another is fetched when the switch selects it.
+  const asked = new URLSearchParams(location.search).get("model");
+  const first = index.models.find((m) => m.name === asked) || index.models.find((m) => m.name === index.default_model)
+    || index.models[0];
+  select.value = first.name;
+  await useModel(first.name);
 }
 
 function describe(entry) {
@@ -63,7 +85,7 @@ async function useModel(name) {
   const entry = index.models.find((m) => m.name === name);
   setStatus(`loading ${name}…`);
   state.ready = false;
-  pipeline = await Pipeline.create(ort, { detectorUrl: index.detector.url, modelUrl: entry.url, meta: entry,
+  pipeline = await createPipeline(ort, { detectorUrl: index.detector.url, modelUrl: entry.url, meta: entry,
                                           search: index.detector });
   state.model = name;
   state.ready = booted;
@@ -76,8 +98,9 @@ async function useModel(name) {
     if (i) times.push(performance.now() - started);
   }
   entry.classifierMs = times.sort((a, b) => a - b)[2];
-  $("model-info").textContent = describe(entry);
-  setStatus(`ready · WASM, ${state.threads} thread${state.threads > 1 ? "s" : ""}`);
+  $("model-info").textContent = $("model-info").title = describe(entry);
+  state.error = null;
+  setStatus(readyText());
 }
 
 // ---------------------------------------------------------------- drawing
@@ -97,67 +120,42 @@ function drawBars(container, faces) {
     }))));
 }
 
-function download(blob, name) {
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(blob);
-  link.download = name;
-  link.click();
-  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
-}
-
-const jsonBlob = (value) => new Blob([JSON.stringify(value, null, 2)], { type: "application/json" });
-
 // ---------------------------------------------------------------- live
 
 // The live view's faces keep their id across frames and show smoothed probabilities, as a video's do in Python
-// (tracking.js); each id keeps 30 s of history for the timeline.
-const HISTORY_MS = 30000;
-
+// (tracking.js); the session (session.js) records them. In aggregate-only mode faces carry no id at all.
 function followFaces(faces, now) {
   const followed = live.tracker.update(faces);
   faces.forEach((face, i) => {
     const { id, probabilities } = followed[i];
-    face.id = id;
+    if (!live.session.aggregateOnly) face.id = id;
     face.probabilities = probabilities;
     face.label = Object.keys(probabilities).reduce((a, b) => (probabilities[b] > probabilities[a] ? b : a));
     face.score = probabilities[face.label];
-    const history = live.history.get(id) || [];
-    history.push([now, probabilities]);
-    live.history.set(id, history.filter(([t]) => t > now - HISTORY_MS));
   });
-  for (const id of live.history.keys()) if (!live.tracker.tracks.has(id)) live.history.delete(id);
+  live.session.record(now, faces);
 }
 
-function drawTimeline(canvas, track) {
-  const context = canvas.getContext("2d");
-  context.clearRect(0, 0, canvas.width, canvas.height);
-  context.font = "11px sans-serif";
-  if (!track || track.history.length < 2) { context.fillStyle = "#888"; context.fillText("emotion over time appears here", 8, 20); return; }
-  const [start] = track.history[0], end = track.history[track.history.length - 1][0], span = Math.max(1, end - start);
-  Object.keys(track.history[0][1]).forEach((name, k) => {
-    context.strokeStyle = ferkitColor(name, palette());
-    context.beginPath();
-    track.history.forEach(([t, p], i) => {
-      const x = ((t - start) / span) * (canvas.width - 70), y = canvas.height - 10 - p[name] * (canvas.height - 20);
-      i ? context.lineTo(x, y) : context.moveTo(x, y);
-    });
-    context.stroke();
-    context.fillStyle = context.strokeStyle;
-    context.fillText(name, canvas.width - 65, 12 + 13 * k);
-  });
-}
-
-const live = { camera: null, running: false, overlay: null, grab: null, meter: null, tracker: null, history: new Map() };
+const live = { camera: null, running: false, overlay: null, grab: null, meter: null, tracker: null, session: null };
+let panel = null;  // the session panel (session_panel.js), made in main()
 
 async function startLive() {
   if (live.running) return;
   const stage = $("live-stage");
-  live.camera = await ferkitOpenCamera(stage, 640);
+  // The picked camera or a shared window or screen (sources.js); a source that ends by itself stops the view.
+  const source = parseSource($("live-source").value);
+  live.camera = await openSource(stage, source, { width: 640, onEnded: () => live.running && stopLive() })
+    .catch((error) => { throw new Error(explainSource(error, source)); });
+  if (source.kind === "camera") fillSourcePicker($("live-source"));  // the cameras' names, now that one is allowed
   live.overlay = ferkitOverlay(live.camera);
   live.grab = document.createElement("canvas");
   live.tracker = new Tracker(index.tracking);  // a new session: ids from 0, no history, a new frame rate
   live.meter = ferkitFrameRateMeter();
-  live.history.clear();
+  const { class_names: classNames } = index.models.find((m) => m.name === state.model);
+  live.session = state.session = new Session({ classNames, aggregateOnly: panel.aggregateOnly,
+    settings: { model: state.model, source: `${source.kind}: ${live.camera.label}`, tracking: index.tracking } });
+  panel.show(live.session);
+  panel.running(true);
   live.running = true;
   $("live-start").disabled = true;
   $("live-stop").disabled = $("live-snapshot").disabled = false;
@@ -170,11 +168,15 @@ function stopLive() {
   $("live-stage").replaceChildren();
   $("live-start").disabled = false;
   $("live-stop").disabled = $("live-snapshot").disabled = true;
+  $("live-bars").replaceChildren();  // a stopped camera's faces and frame rate are not shown as current
+  $("live-readout").textContent = "";
+  publish([], {}, 0);
+  panel.running(false);  // the session stays for review and export until the next start
 }
 
 async function liveStep() {
   if (!live.running || !pipeline) return;
-  const video = live.camera.video;
+  const video = live.camera.video, session = live.session;
   if (video.readyState >= 2 && video.videoWidth) {
     try {
       const t0 = performance.now();
@@ -184,20 +186,23 @@ async function liveStep() {
       grabContext.drawImage(video, 0, 0);
       const frame = grabContext.getImageData(0, 0, live.grab.width, live.grab.height);
       const t1 = performance.now();
-      const { faces, timings } = await pipeline.analyse(frame);
+      const { faces, timings } = await pipeline.analyse(frame, { live: true });  // hands the frame's pixels over
       const t2 = performance.now();
+      // Stopped (or stopped and started again) while this frame was analysed: it belongs to no session, and the
+      // new session's loop is already running.
+      if (!live.running || live.session !== session) return;
       followFaces(faces, t2);
       live.overlay.width = frame.width;
       live.overlay.height = frame.height;
       ferkitDrawFaces(live.overlay.getContext("2d"), faces, palette());
       drawBars($("live-bars"), faces);
-      const oldest = Math.min(...live.history.keys());
-      drawTimeline($("live-timeline"), live.history.has(oldest) ? { history: live.history.get(oldest) } : null);
+      panel.refresh();
       const t3 = performance.now();
       const fps = live.meter.tick(t3);
       const latencyMs = { frame: t1 - t0, ...timings, drawing: t3 - t2, total: t3 - t0 };
       state.frames += 1;
       publish(faces, latencyMs, fps);
+      succeed();
       $("live-readout").textContent = `${ferkitFrameRateText(fps)} · ` + Object.entries(latencyMs).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ");
     } catch (error) {
       fail(error);
@@ -218,112 +223,40 @@ function snapshot() {
   download(jsonBlob({ model: state.model, time: stamp, faces: state.faces }), `ferkit-${stamp}.json`);
 }
 
-// ---------------------------------------------------------------- photo
-
-let photoResult = null;
-
-async function analysePhoto(file) {
-  if (!file || !file.type.startsWith("image/")) { $("photo-readout").textContent = `${file ? file.name : "that"}: not an image`; return; }
-  const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
-  const canvas = $("photo-canvas");
-  canvas.width = bitmap.width;
-  canvas.height = bitmap.height;
-  const context = canvas.getContext("2d", { willReadFrequently: true });
-  context.drawImage(bitmap, 0, 0);
-  const frame = context.getImageData(0, 0, canvas.width, canvas.height);
-  const started = performance.now();
-  const { faces, timings } = await pipeline.analyse(frame, { upscaleSearch: true });
-  publish(faces, { ...timings, total: performance.now() - started });
-  ferkitDrawFaces(context, faces, palette());
-  photoResult = { file: file.name, model: state.model, faces: state.faces };
-  $("photo-readout").textContent = faces.length ? `${file.name}: ${faces.map((f) => `${f.label} ${Math.round(100 * f.score)}%`).join(", ")}` : `${file.name}: no face found`;
-  const names = faces.length ? Object.keys(faces[0].probabilities) : [];
-  const row = (cell, values) => el("tr", {}, ...values.map((value) => el(cell, {}, value)));
-  const header = row("th", ["face", "box (x, y, w, h)", "label", "score", ...names]);
-  $("photo-table").replaceChildren(...(faces.length ? [header] : []), ...faces.map((f, i) =>
-    row("td", [i, f.box.join(", "), f.label, f.score.toFixed(3), ...names.map((n) => f.probabilities[n].toFixed(3))])));
-  $("photo-png").disabled = $("photo-json").disabled = false;
-}
-
-function photoInput(file) { analysePhoto(file).catch(fail); }
-
-// ---------------------------------------------------------------- video (server side)
-
-const videoJob = { id: null, timer: null };
-
-async function uploadVideo(file) {
-  $("video-readout").textContent = `uploading ${file.name}…`;
-  for (const id of ["video-result", "video-links", "video-plot"]) $(id).hidden = true;
-  // Percent-encoded: a header carries Latin-1 only, and fetch refuses any other character in a file name.
-  const headers = { "X-Filename": encodeURIComponent(file.name) };
-  const response = await fetch("api/videos", { method: "POST", body: file, headers });
-  const reply = await response.json().catch(() => ({ error: response.statusText }));
-  if (!response.ok) { $("video-readout").textContent = `${response.status}: ${reply.error}`; return; }
-  videoJob.id = reply.id;
-  $("video-cancel").disabled = false;
-  $("video-progress").hidden = false;
-  videoJob.timer = setInterval(() => pollVideo().catch(fail), 400);
-}
-
-async function pollVideo() {
-  const response = await fetch(`api/videos/${encodeURIComponent(videoJob.id)}`);
-  const job = await response.json().catch(() => ({ error: response.statusText }));
-  const progress = $("video-progress");
-  if (!response.ok) {  // the job is gone (expired, or the server restarted): stop asking
-    clearInterval(videoJob.timer);
-    $("video-cancel").disabled = true;
-    progress.hidden = true;
-    $("video-readout").textContent = `${response.status}: ${job.error}`;
-    return;
-  }
-  progress.max = job.frames_total || 1;
-  progress.value = job.frames_done;
-  $("video-readout").textContent = `${job.file}: ${job.status}, frame ${job.frames_done}${job.frames_total ? " of " + job.frames_total : ""}` + (job.error ? ` (${job.error})` : "");
-  if (["done", "failed", "cancelled"].includes(job.status)) {
-    clearInterval(videoJob.timer);
-    $("video-cancel").disabled = true;
-    progress.hidden = true;
-    if (job.status === "done") {
-      const base = `api/videos/${encodeURIComponent(job.id)}/`;
-      $("video-result").src = base + "video.webm";
-      $("video-download").href = base + "video.webm";
-      $("video-csv").href = base + "faces.csv";
-      $("video-plot").src = base + "timeline.png";
-      for (const id of ["video-result", "video-links", "video-plot"]) $(id).hidden = false;
-    }
-  }
-}
-
-async function cancelVideo() {
-  if (videoJob.id) await fetch(`api/videos/${encodeURIComponent(videoJob.id)}`, { method: "DELETE" });
-}
+// ---------------------------------------------------------------- photo and video: photo.js, video.js
 
 // ---------------------------------------------------------------- wiring
 
 function showView(name) {
   if (name !== "live" && live.running) stopLive();  // the camera is released when its view is left
-  for (const button of document.querySelectorAll("nav button")) button.classList.toggle("active", button.dataset.view === name);
+  for (const button of document.querySelectorAll("nav button")) {
+    const chosen = button.dataset.view === name;
+    button.classList.toggle("active", chosen);
+    button.setAttribute("aria-selected", String(chosen));
+    button.tabIndex = chosen ? 0 : -1;  // tabs: Tab reaches the chosen one, the arrow keys the others
+  }
   for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== name;
 }
 
 async function main() {
+  panel = new SessionPanel({ palette, download });
+  fillSourcePicker($("live-source"));
+  navigator.mediaDevices?.addEventListener?.("devicechange", () => fillSourcePicker($("live-source")));
   for (const button of document.querySelectorAll("nav button")) button.onclick = () => showView(button.dataset.view);
+  $("tabs").onkeydown = (event) => {  // the WAI-ARIA tabs pattern: left and right arrows move between the tabs
+    const tabs = [...document.querySelectorAll("nav button")].filter((tab) => !tab.hidden);
+    const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+    if (!step) return;
+    const next = tabs[(tabs.indexOf(document.activeElement) + step + tabs.length) % tabs.length];
+    showView(next.dataset.view);
+    next.focus();
+  };
   $("live-start").onclick = () => startLive().catch((error) => fail(ferkitExplain(error)));
   $("live-stop").onclick = stopLive;
   $("live-snapshot").onclick = snapshot;
-  $("photo-file").onchange = (event) => photoInput(event.target.files[0]);
-  const drop = $("photo-drop");
-  drop.ondragover = (event) => { event.preventDefault(); drop.classList.add("over"); };
-  drop.ondragleave = () => drop.classList.remove("over");
-  drop.ondrop = (event) => { event.preventDefault(); drop.classList.remove("over"); photoInput(event.dataTransfer.files[0]); };
-  document.addEventListener("paste", (event) => {
-    const item = [...event.clipboardData.items].find((i) => i.type.startsWith("image/"));
-    if (item) { showView("photo"); photoInput(item.getAsFile()); }
-  });
-  $("photo-png").onclick = () => $("photo-canvas").toBlob((blob) => download(blob, "ferkit-photo.png"), "image/png");
-  $("photo-json").onclick = () => download(jsonBlob(photoResult), "ferkit-photo.json");
-  $("video-file").onchange = (event) => uploadVideo(event.target.files[0]).catch(fail);
-  $("video-cancel").onclick = () => cancelVideo().catch(fail);
+  const model = () => state.model;
+  setupPhoto({ pipeline: () => pipeline, index: () => index, model, publish, palette, fail, succeed, showView });
+  setupVideo({ model, fail, succeed });
   const server = await fetch("api/health").then((r) => r.ok).catch(() => false);
   if (!server) $("video-tab").hidden = true;  // a static host: Live and Photo only
   await loadModels();
@@ -332,5 +265,13 @@ async function main() {
   if (permission && permission.state === "granted") await startLive().catch((error) => fail(ferkitExplain(error)));
   booted = state.ready = true;
 }
+
+// For benchmarks/bench_page.py: one live-view analysis of a canvas's frame, as fast as the page takes them
+// (not paced by a camera) -> the faces found.
+// options: pipeline.analyse's, to compare settings (default: the live view's).
+window.ferkitAnalyseFrame = async (canvas, options = { live: true }) => {
+  const frame = canvas.getContext("2d", { willReadFrequently: true }).getImageData(0, 0, canvas.width, canvas.height);
+  return (await pipeline.analyse(frame, options)).faces;
+};
 
 main().catch(fail);

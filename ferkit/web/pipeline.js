@@ -9,7 +9,8 @@
 //   -> a flat crop stretched to the Training faces' brightness and contrast (face_low_contrast)
 //   -> the classifier's ONNX graph -> probabilities.
 //
-// Everything runs in ONNX Runtime Web; no frame leaves the browser.
+// Everything runs in ONNX Runtime Web; no frame leaves the browser. The page runs a Pipeline in a Web Worker
+// (inference.js, inference_worker.js); Live frames take a faster search (Pipeline.detectLive), photos this one.
 
 import { iou } from "./geometry.js";
 
@@ -24,18 +25,42 @@ export function roundHalfEven(value) {
   return floor % 2 === 0 ? floor : floor + 1;
 }
 
-// RGBA ImageData -> the detector's input: planar B, G, R float32 (1, 3, H', W'), zero-padded to multiples of 32.
-function detectorInput(image) {
-  const { width, height, data } = image;
+// The live view's detector input: about this many pixels on the frame's longest side, and a detector pass on
+// every this-many frames (see Pipeline.detectLive).
+export const LIVE_SIDE = 320;
+export const LIVE_DETECT_EVERY = 2;
+
+// RGBA ImageData -> the detector's input: planar B, G, R float32 (1, 3, H', W'), zero-padded to multiples of 32;
+// with factor > 1, each factor x factor block averaged into one pixel (the live view's shrunk search).
+function detectorInput(image, factor = 1) {
+  const { data } = image;
+  const width = Math.floor(image.width / factor), height = Math.floor(image.height / factor);
   const paddedW = Math.ceil(width / 32) * 32, paddedH = Math.ceil(height / 32) * 32;
   const plane = paddedW * paddedH;
   const blob = new Float32Array(3 * plane);
+  if (factor === 1) {
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const i = (y * width + x) * 4, o = y * paddedW + x;
+        blob[o] = data[i + 2];
+        blob[plane + o] = data[i + 1];
+        blob[2 * plane + o] = data[i];
+      }
+    }
+    return { blob, paddedW, paddedH };
+  }
+  const area = factor * factor, stride = image.width * 4;
   for (let y = 0; y < height; y++) {
     for (let x = 0; x < width; x++) {
-      const i = (y * width + x) * 4, o = y * paddedW + x;
-      blob[o] = data[i + 2];
-      blob[plane + o] = data[i + 1];
-      blob[2 * plane + o] = data[i];
+      let r = 0, g = 0, b = 0;
+      for (let dy = 0; dy < factor; dy++) {
+        let i = (y * factor + dy) * stride + x * factor * 4;
+        for (let dx = 0; dx < factor; dx++, i += 4) { r += data[i]; g += data[i + 1]; b += data[i + 2]; }
+      }
+      const o = y * paddedW + x;
+      blob[o] = b / area;
+      blob[plane + o] = g / area;
+      blob[2 * plane + o] = r / area;
     }
   }
   return { blob, paddedW, paddedH };
@@ -206,6 +231,19 @@ function rescale(image, scale) {
   return { image: { width: w, height: h, data: out }, back: [image.width / w, image.height / h] };
 }
 
+// Boxes clipped to the frame (those left under 2 pixels wide or high dropped), sorted left to right.
+function clipAndSort(faces, image) {
+  const kept = [];
+  for (const face of faces) {
+    let [x, y, w, h] = face.box;
+    const x1 = Math.min(image.width, x + w), y1 = Math.min(image.height, y + h);
+    x = Math.max(0, x); y = Math.max(0, y);
+    w = Math.max(0, x1 - x); h = Math.max(0, y1 - y);
+    if (w > 1 && h > 1) kept.push({ ...face, box: [x, y, w, h] });
+  }
+  return kept.sort((a, b) => a.box[0] - b.box[0] || a.box[1] - b.box[1]);
+}
+
 export class Pipeline {
   // ort: the onnxruntime-web module; meta: the model's fer.meta.json (class names, input size, crop settings);
   // search: index.json's detector settings (ferkit.settings.DetectorSettings, which ferkit.faces uses).
@@ -246,15 +284,7 @@ export class Pipeline {
     } else {
       faces = await this.search(image, scale, this.minFaceScore);
     }
-    const kept = [];
-    for (const face of faces) {
-      let [x, y, w, h] = face.box;
-      const x1 = Math.min(image.width, x + w), y1 = Math.min(image.height, y + h);
-      x = Math.max(0, x); y = Math.max(0, y);
-      w = Math.max(0, x1 - x); h = Math.max(0, y1 - y);
-      if (w > 1 && h > 1) kept.push({ ...face, box: [x, y, w, h] });
-    }
-    return kept.sort((a, b) => a.box[0] - b.box[0] || a.box[1] - b.box[1]);
+    return clipAndSort(faces, image);
   }
 
   // One detector pass over the frame resized by `scale`: the faces scoring minScore or more, boxes (rounded) and
@@ -280,11 +310,33 @@ export class Pipeline {
     return crops.map((_, i) => Object.fromEntries(names.map((name, k) => [name, output[i * names.length + k]])));
   }
 
+  // Live frames, for speed (docs/experiments/page-speed.md): the detector searches the frame shrunk by a whole
+  // factor to about LIVE_SIDE pixels on its longest side (block averages, as cheap as a copy), and runs on every
+  // LIVE_DETECT_EVERY-th frame only; the frames between classify the faces at the boxes last found.
+  // side and every: other settings, for benchmarks/bench_page.py's comparisons.
+  async detectLive(image, { side = LIVE_SIDE, every = LIVE_DETECT_EVERY } = {}) {
+    const sameSize = this.live && this.live.width === image.width && this.live.height === image.height;
+    if (sameSize && ++this.live.frame % every !== 0) return this.live.faces;
+    const factor = Math.max(1, Math.round(Math.max(image.width, image.height) / side));
+    const { blob, paddedW, paddedH } = detectorInput(image, factor);
+    const input = new this.ort.Tensor("float32", blob, [1, 3, paddedH, paddedW]);
+    const outputs = await this.detector.run({ [this.detector.inputNames[0]]: input });
+    const found = decodeYunet(outputs, paddedW, paddedH, this.detectorSettings)
+      .filter((face) => face.score >= this.minFaceScore)
+      .map((face) => ({ box: face.box.map((v) => roundHalfEven(v * factor)), score: face.score,
+                        landmarks: face.landmarks.map(([lx, ly]) => [lx * factor, ly * factor]) }));
+    const faces = clipAndSort(found, image);
+    this.live = { width: image.width, height: image.height, frame: 0, faces };
+    return faces;
+  }
+
   // One frame -> {faces: [{box, label, score, probabilities, detectionScore}], timings: {stage: ms}}.
   // upscaleSearch: also search the frame at twice its size (photos; the live view skips it for speed).
-  async analyse(image, { upscaleSearch = false } = {}) {
+  // live: the live view's faster search (detectLive); photos and Predictor-equal answers leave it off.
+  async analyse(image, { upscaleSearch = false, live = false, liveSide, detectEvery } = {}) {
     const t0 = performance.now();
-    const found = await this.detect(image, { upscaleSearch });
+    const found = live ? await this.detectLive(image, { side: liveSide, every: detectEvery })
+      : await this.detect(image, { upscaleSearch });
     const t1 = performance.now();
     const gray = toGray(image);
     const { face_margin: margin, face_offset: offset, face_align: align, face_low_contrast: lowContrast } = this.meta;
