@@ -244,7 +244,10 @@ def test_live_view_labels_the_camera_face_and_measures_fps(server, browser):
     # Not a speed test (the CPU may be shared, and frames take uneven times then): the rate shown must agree,
     # within a factor of 5 or so, with the time the last frame took (a rate in the wrong units is 1000x off),
     # and the loop must keep going.
-    assert 0.2 <= state["fps"] * state["latencyMs"]["total"] / 1000 <= 5, state
+    # Each camera frame is analysed once (the fake camera sends 30 a second), so the rate is the camera's or the
+    # page's, whichever is lower: never above the camera's, which the tracker's frame counts rely on.
+    assert 0 < state["fps"] * state["latencyMs"]["total"] / 1000 <= 5, state
+    assert state["fps"] <= 36, state
     assert state["frames"] >= 3, state
     assert set(state["latencyMs"]) >= {"frame", "detector", "crop", "classifier", "drawing"}
     box = state["faces"][0]["box"]

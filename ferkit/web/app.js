@@ -148,6 +148,7 @@ async function startLive() {
     .catch((error) => { throw new Error(explainSource(error, source)); });
   if (source.kind === "camera") fillSourcePicker($("live-source"));  // the cameras' names, now that one is allowed
   live.overlay = ferkitOverlay(live.camera);
+  watchNewFrames(live.camera.video);
   live.grab = document.createElement("canvas");
   live.tracker = new Tracker(index.tracking);  // a new session: ids from 0, no history, a new frame rate
   live.meter = ferkitFrameRateMeter();
@@ -174,10 +175,31 @@ function stopLive() {
   panel.running(false);  // the session stays for review and export until the next start
 }
 
+// The tracker counts missed frames as Python's video path does, in frames of the video: so each camera frame is
+// analysed once (requestVideoFrameCallback says when a new one is shown), not once per screen refresh, which would
+// end the track of someone who looks away for a fraction of a second. Where the callback is missing, or no frame
+// has come for STALE_FRAME_MS, the loop analyses what it has.
+const STALE_FRAME_MS = 250;
+
+function watchNewFrames(video) {
+  live.frameShownAt = live.frameAnalysedAt = -Infinity;
+  if (!video.requestVideoFrameCallback) return;
+  const onFrame = (now) => {
+    live.frameShownAt = now;
+    if (live.camera?.video === video) video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+}
+
+function newFrameReady(now) {
+  return live.frameShownAt > live.frameAnalysedAt || now - live.frameAnalysedAt >= STALE_FRAME_MS;
+}
+
 async function liveStep() {
   if (!live.running || !pipeline) return;
   const video = live.camera.video, session = live.session;
-  if (video.readyState >= 2 && video.videoWidth) {
+  if (video.readyState >= 2 && video.videoWidth && newFrameReady(performance.now())) {
+    live.frameAnalysedAt = performance.now();
     try {
       const t0 = performance.now();
       live.grab.width = video.videoWidth;
