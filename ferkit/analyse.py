@@ -119,8 +119,8 @@ def analyse(inputs, out, settings: Settings = Settings(), *, address: str | None
     started = time.monotonic()
     found, outcome.passed = work.find_recordings(inputs, leave_out=out)
     if not found:
-        raise FileNotFoundError("no videos or photos to analyse: " + "; ".join(
-            f"{path}: {why}" for path, why in outcome.passed) if outcome.passed else ", ".join(map(str, inputs)))
+        raise FileNotFoundError("no videos or photos to analyse in " + ("; ".join(
+            f"{path}: {why}" for path, why in outcome.passed) if outcome.passed else ", ".join(map(str, inputs))))
     out.mkdir(parents=True, exist_ok=True)
     settings_print = settings.fingerprint()
     errors = report.read_errors(out)
@@ -286,7 +286,8 @@ def add_commands(commands) -> None:
                "  python -m ferkit analyse manifest.csv --out analysis --fps 5 --address auto\n"
                "  python -m ferkit report analysis          # summaries again from the Parquet rows\n"
                "docs/analyse.md: outputs, queries, starting a cluster")
-    parser.add_argument("inputs", nargs="+", help="videos, photos, folders or manifest .csv files")
+    parser.add_argument("inputs", nargs="+", help="videos, photos, folders or manifest .csv files; paths or URLs "
+                        "pyarrow opens (s3://, gs://, hdfs://, abfs://, file://)")
     parser.add_argument("--out", required=True, help="output folder (kept between runs: reruns resume)")
     parser.add_argument("--address", help="join a running Ray cluster: auto, host:port or ray://host:port "
                                           "(default: Ray on this machine only)")

@@ -73,19 +73,89 @@ class Recording:
     def fingerprint(self, settings_fingerprint: str) -> str:
         """The settings' fingerprint with this file's identity (size, modification time): a replaced file is
         redone."""
-        try:
-            status = os.stat(self.source)
-            identity = f"{status.st_size}:{status.st_mtime_ns}"
-        except OSError:
-            identity = "missing"
-        return hashlib.sha256(f"{settings_fingerprint}|{self.source}|{identity}".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"{settings_fingerprint}|{self.source}|{file_identity(self.source)}".encode()
+                              ).hexdigest()[:16]
 
 
-def recording_id(path: Path) -> str:
-    """A partition-safe name: the file's stem, then a short hash of its absolute path (two clip.mp4 in
+def recording_id(path: Path | str) -> str:
+    """A partition-safe name: the file's stem, then a short hash of its absolute path or URL (two clip.mp4 in
     different folders stay apart)."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)[:60] or "recording"
-    return f"{stem}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+    where = path if is_url(str(path)) else str(Path(path).resolve())
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(path).rstrip("/")).stem)[:60] or "recording"
+    return f"{stem}-{hashlib.sha1(str(where).encode()).hexdigest()[:8]}"
+
+
+# ---------------------------------------------------------------- object stores
+# An input may be a URL that pyarrow's file systems open (s3://, gs://, hdfs://, abfs://, file://: whichever the
+# user's pyarrow was built with and has credentials for, as Ray's own readers take them). Listing and identity
+# come from the store; each worker copies the object it analyses into a local cache once, since the video
+# decoders read local files.
+
+
+def is_url(text: str) -> bool:
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) is not None
+
+
+def _store(url: str):
+    """(file system, path inside it, URL prefix) for ``url``."""
+    from pyarrow import fs  # only for URL inputs
+
+    try:
+        filesystem, inside = fs.FileSystem.from_uri(url)
+    except Exception as error:  # pyarrow raises ArrowInvalid, ArrowNotImplementedError, OSError ...
+        raise ValueError(f"{url}: cannot open this URL ({error}); local paths and the URLs pyarrow's file "
+                         "systems take (s3://, gs://, hdfs://, abfs://, file://) are supported") from None
+    at = url.find(inside)
+    return filesystem, inside, url[:at] if at > 0 else url.split("://", 1)[0] + "://"
+
+
+def file_identity(source: str) -> str:
+    """Size and modification time of a path or URL ("missing" when it cannot be read): a changed file is redone."""
+    try:
+        if is_url(source):
+            filesystem, inside, _ = _store(source)
+            info = filesystem.get_file_info(inside)
+            return f"{info.size}:{info.mtime_ns}" if info.is_file else "missing"
+        status = os.stat(source)
+        return f"{status.st_size}:{status.st_mtime_ns}"
+    except (OSError, ValueError):
+        return "missing"
+
+
+def list_url(url: str) -> list[str]:
+    """The object at ``url``, or every object under it (recursively, hidden names left out), as URLs; [] when
+    there is nothing there."""
+    from pyarrow import fs
+
+    filesystem, inside, prefix = _store(url)
+    info = filesystem.get_file_info(inside)
+    if info.is_file:
+        return [url]
+    if info.type != fs.FileType.Directory:
+        return []
+    entries = filesystem.get_file_info(fs.FileSelector(inside, recursive=True))
+    return sorted(prefix + entry.path for entry in entries if entry.is_file
+                  and not any(part.startswith(".") for part in entry.path[len(inside):].split("/")))
+
+
+def local_copy(source: str, cache: Path | None = None) -> str:
+    """``source`` itself for a local path; for a URL, a copy in this machine's cache (made once per object
+    version, written to a temporary file and renamed)."""
+    if not is_url(source):
+        return source
+    import tempfile
+
+    cache = Path(cache or Path(tempfile.gettempdir()) / "ferkit-objects")
+    cache.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha1(f"{source}|{file_identity(source)}".encode()).hexdigest()[:20]
+    copy = cache / f"{key}{Path(source).suffix.lower()}"
+    if not copy.exists():
+        filesystem, inside, _ = _store(source)
+        with atomic_path(copy) as temporary, filesystem.open_input_stream(inside) as stream, \
+                open(temporary, "wb") as out:
+            while block := stream.read(8 * 2**20):
+                out.write(block)
+    return str(copy)
 
 
 def find_recordings(inputs, leave_out: Path | None = None) -> tuple[list[Recording], list[tuple[str, str]]]:
@@ -93,16 +163,29 @@ def find_recordings(inputs, leave_out: Path | None = None) -> tuple[list[Recordi
     ``path`` column, relative to the CSV), in order, each once; with the inputs passed over and why."""
     found, passed, seen = [], [], set()
 
-    def add(path: Path, given_id: str | None = None) -> None:
-        suffix = path.suffix.lower()
+    def add(path: Path | str, given_id: str | None = None) -> None:
+        suffix = Path(str(path)).suffix.lower()
         kind = "video" if suffix in VIDEO_SUFFIXES else "photo" if suffix in IMAGE_SUFFIXES else None
+        source = str(path) if is_url(str(path)) else str(Path(path).resolve())
         if kind is None:
             passed.append((str(path), "not a video or photo ferkit reads"))
-        elif os.path.realpath(path) not in seen:
-            seen.add(os.path.realpath(path))
-            found.append(Recording(given_id or recording_id(path), str(path.resolve()), kind))
+        elif (key := source if is_url(source) else os.path.realpath(path)) not in seen:
+            seen.add(key)
+            found.append(Recording(given_id or recording_id(path), source, kind))
 
-    for given in map(Path, inputs):
+    def add_url(url: str, given_id: str | None = None) -> None:
+        listed = list_url(url)
+        if not listed:
+            passed.append((url, "no such object or folder"))
+        for item in listed:
+            if len(listed) == 1 or Path(item).suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
+                add(item, given_id if len(listed) == 1 else None)
+
+    for text in map(str, inputs):
+        if is_url(text):
+            add_url(text)
+            continue
+        given = Path(text)
         if given.is_dir():
             for folder, names, files in os.walk(given, followlinks=False):
                 names[:] = sorted(n for n in names if not n.startswith(".")
@@ -116,7 +199,11 @@ def find_recordings(inputs, leave_out: Path | None = None) -> tuple[list[Recordi
                 for row in csv.DictReader(handle):
                     if not row.get("path"):
                         raise ValueError(f"{given}: a manifest needs a 'path' column (and may have 'recording')")
-                    add(given.parent / row["path"], (row.get("recording") or "").strip() or None)
+                    given_id = (row.get("recording") or "").strip() or None
+                    if is_url(row["path"]):
+                        add_url(row["path"], given_id)
+                    else:
+                        add(given.parent / row["path"], given_id)
         elif given.exists():
             add(given)
         else:
@@ -129,7 +216,7 @@ def find_recordings(inputs, leave_out: Path | None = None) -> tuple[list[Recordi
 
 def plan_video(recording: Recording, settings: Settings, max_pixels: int | None) -> dict:
     """Every frame's time, the frames to analyse and the chunks (JSON-ready): one decoding pass, no analysis."""
-    times, opened = video.frame_times(recording.source, max_pixels)
+    times, opened = video.frame_times(local_copy(recording.source), max_pixels)
     analysed = video.sampled_frames(times, settings.stride, settings.fps)
     chunks = video.chunk_ranges(times, analysed, settings.chunk_seconds, settings.overlap_seconds,
                                 warm_up_frames())
@@ -173,7 +260,7 @@ def analyse_chunk(recording: Recording, chunk: dict, plan: dict, settings: Setti
     columns = video.table_columns(predictor.class_names)
     rows, frames_read, times = [], 0, plan["times"]
     if recording.kind == "photo":
-        result = predictor.predict(recording.source)
+        result = predictor.predict(local_copy(recording.source))
         for number, face in enumerate(result.faces):
             face.face_id = number
             rows.append({**video.face_row(0, 0.0, face), "detection_score": face.detection_score, "warm": False})
@@ -181,7 +268,7 @@ def analyse_chunk(recording: Recording, chunk: dict, plan: dict, settings: Setti
     else:
         wanted = set(plan["analysed"])
         tracker = Tracker()
-        reading = video.read_frames(recording.source, chunk["warm_first"], chunk["end"], times, wanted)
+        reading = video.read_frames(local_copy(recording.source), chunk["warm_first"], chunk["end"], times, wanted)
         while True:
             tick = time.perf_counter()
             item = next(reading, None)

@@ -166,6 +166,36 @@ def test_stitched_chunks_equal_predicts_table(name, clips, expected):
     same_rows(recordings.stitch(tables, columns), expected[name])
 
 
+def test_urls_are_listed_fingerprinted_and_read_as_the_local_files(clips, tmp_path):
+    """An object-store URL goes through pyarrow's file systems: file:// takes the same path as s3:// or gs://."""
+    url = "file://" + str(clips)
+    hidden = clips / ".hidden.mp4"
+    hidden.write_bytes(b"not listed")
+    try:
+        found, passed = recordings.find_recordings([url, url + "/nothing-here.mp4"])
+    finally:
+        hidden.unlink()
+    local, _ = recordings.find_recordings([clips])
+    assert [r.source for r in found] == ["file://" + r.source for r in local]  # same objects, hidden left out
+    assert [r.kind for r in found] == [r.kind for r in local]
+    assert passed == [(url + "/nothing-here.mp4", "no such object or folder")]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"path,recording\n{url}/keyframes.mp4,lecture\n")
+    assert recordings.find_recordings([manifest])[0] == [Recording("lecture", url + "/keyframes.mp4", "video")]
+
+    remote = next(r for r in found if r.source.endswith("keyframes.mp4"))
+    here = next(r for r in local if r.source.endswith("keyframes.mp4"))
+    assert remote.fingerprint("s") == remote.fingerprint("s") != Recording("x", url + "/gone.mp4", "video").fingerprint("s")
+    cache = tmp_path / "cache"
+    copy = recordings.local_copy(remote.source, cache)
+    assert Path(copy).read_bytes() == Path(here.source).read_bytes() and list(cache.iterdir()) == [Path(copy)]
+    plan, local_plan = recordings.plan_video(remote, SETTINGS, None), recordings.plan_video(here, SETTINGS, None)
+    assert plan == local_plan
+    chunk = plan["chunks"][1]
+    same_rows(recordings.analyse_chunk(remote, chunk, plan, SETTINGS)["rows"],
+              recordings.analyse_chunk(here, chunk, local_plan, SETTINGS)["rows"])
+
+
 # ---------------------------------------------------------------- Ray on this machine
 
 
