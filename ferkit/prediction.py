@@ -258,7 +258,9 @@ def annotate(image_bgr: np.ndarray, predictions: list[FacePrediction]) -> np.nda
         x, y, w, h = prediction.box
         color = EMOTION_COLORS.get(prediction.label, UNKNOWN_COLOR)
         cv2.rectangle(out, (x, y), (x + w, y + h), color, thickness, cv2.LINE_AA)
-        text = f"{prediction.label} {prediction.score:.0%}"
+        # a tracked face (video) shows its id, as the page draws it: "#3 happy 80%"
+        person = f"#{prediction.face_id} " if prediction.face_id is not None else ""
+        text = f"{person}{prediction.label} {prediction.score:.0%}"
         (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
         top = y - th - baseline - 2 * thickness
         if top < 0:  # no room above the box: put the label inside it

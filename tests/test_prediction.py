@@ -342,6 +342,19 @@ def test_annotation_draws_only_around_the_face(predictor, face_patch, size):
     assert (drawn[-5:, -5:] == image[-5:, -5:]).all()
 
 
+def test_a_tracked_face_s_label_names_its_id():
+    """In an annotated video each box reads "#id label NN%", as the page's boxes do; photos have no id."""
+    from dataclasses import replace
+
+    from ferkit.prediction import FacePrediction
+
+    image = np.full((240, 480, 3), 255, np.uint8)
+    face = FacePrediction((150, 100, 120, 120), 0.9, "happy", 0.8, {"happy": 0.8})
+    label_pixels = lambda drawn: int((drawn[:100] != 255).any(axis=2).sum())  # above the box: the label only
+    plain, tracked = label_pixels(annotate(image, [face])), label_pixels(annotate(image, [replace(face, face_id=3)]))
+    assert 0 < plain < tracked  # the same label, wider by "#3 "
+
+
 # ---------------------------------------------------------------- video
 
 
