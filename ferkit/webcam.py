@@ -32,7 +32,7 @@ import numpy as np
 from ferkit.files import require_regular_file
 from ferkit.images import decode_image_bytes, load_image
 from ferkit.notebook import in_colab
-from ferkit.settings import EMOTION_COLORS, IMAGE_SUFFIXES, UNKNOWN_COLOR
+from ferkit.settings import EMOTION_COLORS, IMAGE_SUFFIXES, UNKNOWN_COLOR, css_color
 
 FILE_ENV = "FERKIT_WEBCAM_FILE"
 #: Frames ``live()`` plays from a still image given as the camera file.
@@ -251,9 +251,9 @@ def _faces_message(predictor, image_bgr: np.ndarray, display_width: int) -> dict
     scale = display_width / image_bgr.shape[1] if display_width else 1.0
     faces = []
     for face in result.faces:
-        b, g, r = EMOTION_COLORS.get(face.label, UNKNOWN_COLOR)
         faces.append({"box": list(face.box), "scale": scale, "text": f"{face.label} {face.score:.0%}",
-                      "color": f"rgb({r},{g},{b})", "label": face.label, "score": face.score})
+                      "color": css_color(EMOTION_COLORS.get(face.label, UNKNOWN_COLOR)), "label": face.label,
+                      "score": face.score})
     return {"type": "faces", "faces": faces}
 
 

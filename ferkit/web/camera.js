@@ -15,6 +15,11 @@ async function ferkitOpenCamera(root, width) {
   if (!window.isSecureContext) throw new Error("insecure context: the page must be served over https or from localhost");
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw new Error("this browser has no camera API");
   const stream = await navigator.mediaDevices.getUserMedia({video: {width: {ideal: width}}});
+  return ferkitShowStream(root, stream);
+}
+
+// A media stream playing, muted, in a new box inside `root` (the box holds the overlay too) -> {stream, box, video}.
+async function ferkitShowStream(root, stream) {
   const box = document.createElement("div");
   box.style.position = "relative";
   box.style.display = "inline-block";

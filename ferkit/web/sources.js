@@ -53,13 +53,7 @@ export async function openSource(root, source, { width = 640, onEnded } = {}) {
   }
   const [track] = stream.getVideoTracks();
   if (onEnded) track.addEventListener("ended", onEnded);
-  const box = document.createElement("div");
-  box.style.position = "relative";
-  box.style.display = "inline-block";
-  const video = Object.assign(document.createElement("video"), { srcObject: stream, muted: true, playsInline: true });
-  box.appendChild(video);
-  root.appendChild(box);
-  await video.play();
+  const { box, video } = await ferkitShowStream(root, stream);  // camera.js
   // A shared source is named by its kind (monitor, window, browser), not by its title: a window's title (a call's
   // name, a document's) would otherwise travel into the session's export.
   const label = source.kind === SCREEN ? track.getSettings().displaySurface || "screen" : track.label;
