@@ -50,6 +50,23 @@ class Augmentation:
                                      help="chance that an image is re-encoded as JPEG (quality {jpeg_quality[0]}-"
                                           "{jpeg_quality[1]})")
     jpeg_quality: tuple[int, int] = (20, 70)
+    #: The light of photos, which FER-2013's faces rarely show: the share of images lit from one side (grey
+    #: levels scaled by 1 - s to 1 + s across the face, in a random direction, s drawn from ``light_strength``),
+    #: the share given a gamma drawn log-uniformly from ``gamma_range``, and the share shrunk to a side drawn
+    #: from ``low_resolution_side`` pixels and enlarged back (a small face in a photo or a webcam frame).
+    light_probability: float = option(0.0, flag="--light-probability", metavar="P",
+                                      help="chance that an image is lit from one side (grey levels scaled by "
+                                           "{light_strength[0]:g}-{light_strength[1]:g} more on one side than the "
+                                           "middle)")
+    light_strength: tuple[float, float] = (0.2, 0.6)
+    gamma_probability: float = option(0.0, flag="--gamma-probability", metavar="P",
+                                      help="chance that an image gets a gamma drawn from {gamma_range[0]:g}-"
+                                           "{gamma_range[1]:g}")
+    gamma_range: tuple[float, float] = (0.5, 2.0)
+    low_resolution_probability: float = option(0.0, flag="--low-resolution-probability", metavar="P",
+                                               help="chance that an image is shrunk to {low_resolution_side[0]}-"
+                                                    "{low_resolution_side[1]} pixels and enlarged back")
+    low_resolution_side: tuple[int, int] = (12, 32)
 
 
 def augment_batch(images: np.ndarray, augmentation: Augmentation, rng: np.random.Generator) -> np.ndarray:
@@ -95,6 +112,9 @@ def augment_batch(images: np.ndarray, augmentation: Augmentation, rng: np.random
                 image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE).astype(np.float32)
             out[i, :, :, 0] = image
 
+    if a.light_probability > 0 or a.gamma_probability > 0 or a.low_resolution_probability > 0:
+        out = _photometric(out, a, rng)
+
     if a.contrast or a.brightness:
         mean = out.mean(axis=(1, 2, 3), keepdims=True)
         factor = uniform(1 - a.contrast, 1 + a.contrast).reshape(-1, 1, 1, 1)
@@ -114,6 +134,32 @@ def augment_batch(images: np.ndarray, augmentation: Augmentation, rng: np.random
         fill = rng.uniform(0, 255, out.shape).astype(np.float32)
         out = np.where(erase[..., None], fill, out)
     return np.clip(out, 0.0, 255.0, out=out)
+
+
+def _photometric(images: np.ndarray, a: Augmentation, rng: np.random.Generator) -> np.ndarray:
+    """Side light, gamma and low resolution (each drawn with its own probability) on (B, S, S, 1) float32."""
+    import cv2
+
+    batch, size = images.shape[0], images.shape[1]
+    uniform = lambda low, high: rng.uniform(low, high, batch).astype(np.float32)
+    lit, gamma_drawn, shrunk = (uniform(0.0, 1.0) < p for p in
+                                (a.light_probability, a.gamma_probability, a.low_resolution_probability))
+    direction, strength = uniform(0.0, 2 * math.pi), uniform(*a.light_strength)
+    gammas = np.exp(uniform(math.log(a.gamma_range[0]), math.log(a.gamma_range[1])))
+    sides = rng.integers(a.low_resolution_side[0], a.low_resolution_side[1] + 1, batch)
+    grid = (np.arange(size, dtype=np.float32) - (size - 1) / 2) / ((size - 1) / 2)  # -1 .. 1 across the face
+    for i in np.flatnonzero(lit | gamma_drawn | shrunk):
+        image = images[i, :, :, 0]
+        if shrunk[i]:
+            small = cv2.resize(image, (int(sides[i]), int(sides[i])), interpolation=cv2.INTER_AREA)
+            image = cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
+        if gamma_drawn[i]:
+            image = 255.0 * (np.clip(image, 0.0, 255.0) / 255.0) ** gammas[i]
+        if lit[i]:
+            across = np.cos(direction[i]) * grid[None, :] + np.sin(direction[i]) * grid[:, None]
+            image = image * (1.0 + strength[i] * np.clip(across, -1.0, 1.0))
+        images[i, :, :, 0] = image
+    return images
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, *,

@@ -146,6 +146,31 @@ def test_blur_and_jpeg_soften_the_drawn_share_of_images_only():
                                                                       borderType=cv2.BORDER_REFLECT), atol=1e-3)
 
 
+def test_side_light_gamma_and_low_resolution_change_the_drawn_share_as_described():
+    flat = np.full((300, 48, 48, 1), 128.0, "float32")
+    still = augmentation.Augmentation(flip=False, rotation_degrees=0, zoom=0, shift=0, erase_probability=0,
+                                      brightness=0, contrast=0)
+    # Side light: a flat grey face comes out brighter on one side than the other, its middle about unchanged.
+    lit = augmentation.augment_batch(flat, replace(still, light_probability=0.5), np.random.default_rng(0))
+    changed = ~(lit == flat).all(axis=(1, 2, 3))
+    assert 0.4 < changed.mean() < 0.6
+    spread = lit[changed].max(axis=(1, 2, 3)) - lit[changed].min(axis=(1, 2, 3))
+    assert (spread > 2 * 0.2 * 128 * 0.9).all() and (spread < 2 * 0.6 * 128 * 1.01).all()
+    np.testing.assert_allclose(lit[changed][:, 22:26, 22:26].mean(axis=(1, 2, 3)), 128, atol=128 * 0.6 * 0.1)
+    # Gamma: grey 128 becomes 255 (128/255)^gamma, gamma within the range, darker and lighter both drawn.
+    graded = augmentation.augment_batch(flat, replace(still, gamma_probability=1.0), np.random.default_rng(1))
+    gammas = np.log(graded[:, 0, 0, 0] / 255) / np.log(128 / 255)
+    assert gammas.min() >= 0.5 - 1e-3 and gammas.max() <= 2.0 + 1e-3 and (gammas < 0.9).any() and (gammas > 1.1).any()
+    assert (graded == graded[:, :1, :1]).all()  # the same curve for every pixel
+    # Low resolution: a fine checkerboard loses its detail; a flat face stays flat.
+    checkers = np.repeat((np.indices((48, 48)).sum(0) % 2 * 255.0)[None, :, :, None], 50, 0).astype("float32")
+    shrunk = augmentation.augment_batch(checkers, replace(still, low_resolution_probability=1.0),
+                                        np.random.default_rng(2))
+    assert (np.abs(np.diff(shrunk, axis=2)).mean(axis=(1, 2, 3)) < 0.2 * 255).all()
+    np.testing.assert_allclose(augmentation.augment_batch(flat, replace(still, low_resolution_probability=1.0),
+                                                          np.random.default_rng(3)), flat, atol=1e-3)
+
+
 class _FixedDraws:
     """A stand-in numpy Generator whose uniform(low, high) always returns low + fraction * (high - low)."""
 
@@ -725,15 +750,19 @@ def test_train_and_evaluate_commands(cartoon, tmp_path, capsys):
             "--precision", "float32", "--out", str(tmp_path / "m" / "fer"), "--checkpoint-dir", str(tmp_path / "ck"),
             "--no-progress", "--rotation", "7", "--zoom", "0.05", "--shift", "0.02", "--erase-probability", "0",
             "--weight-decay", "1e-4", "--label-smoothing", "0", "--learning-rate", "0.01", "--warmup-epochs", "0",
-            "--blur-probability", "0.2", "--jpeg-probability", "0.1"]
+            "--blur-probability", "0.2", "--jpeg-probability", "0.1", "--light-probability", "0.15",
+            "--gamma-probability", "0.25", "--low-resolution-probability", "0.05"]
     assert main(argv) == 0
     meta = json.loads((tmp_path / "m" / "fer.meta.json").read_text())
     # Every training option on the command line reaches the configuration that was trained and recorded.
     config = meta["training"]["config"]
     augmentation = {key: config["augmentation"][key] for key in ("rotation_degrees", "zoom", "shift", "erase_probability",
-                                                                 "blur_probability", "jpeg_probability")}
+                                                                 "blur_probability", "jpeg_probability",
+                                                                 "light_probability", "gamma_probability",
+                                                                 "low_resolution_probability")}
     assert augmentation == {"rotation_degrees": 7.0, "zoom": 0.05, "shift": 0.02, "erase_probability": 0.0,
-                            "blur_probability": 0.2, "jpeg_probability": 0.1}
+                            "blur_probability": 0.2, "jpeg_probability": 0.1, "light_probability": 0.15,
+                            "gamma_probability": 0.25, "low_resolution_probability": 0.05}
     assert (config["weight_decay"], config["label_smoothing"], config["learning_rate"], config["warmup_epochs"]) == (
         1e-4, 0.0, 0.01, 0)
     assert meta["training"]["command"].startswith("python -m ferkit train ") and "--epochs 1" in meta["training"]["command"]
