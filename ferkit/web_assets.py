@@ -41,7 +41,8 @@ def precompress(folder: Path, into: Path | None = None) -> list[Path]:
 
 def compressed_static_files(directory: Path, compressed: Path, **options):
     """Starlette ``StaticFiles`` for ``directory`` that answers a client accepting gzip with the copy in
-    ``compressed`` (as :func:`precompress` wrote it), Content-Type of the original, ``Content-Encoding: gzip``."""
+    ``compressed`` (as :func:`precompress` wrote it), Content-Type of the original, ``Content-Encoding: gzip``;
+    a file changed since its copy was made is sent uncompressed."""
     from starlette.datastructures import Headers  # starlette is imported where the app is made
     from starlette.responses import FileResponse
     from starlette.staticfiles import StaticFiles
@@ -57,7 +58,9 @@ def compressed_static_files(directory: Path, compressed: Path, **options):
             copy = compressed / original.relative_to(directory)
             copy = copy.with_name(copy.name + ".gz")
             accepts = "gzip" in Headers(scope=scope).get("accept-encoding", "")
-            if not (accepts and copy.is_file()):
+            # A page file edited while the server runs is newer than its copy: send it as it is now.
+            fresh = copy.is_file() and copy.stat().st_mtime_ns >= original.stat().st_mtime_ns
+            if not (accepts and fresh):
                 response.headers["Vary"] = "Accept-Encoding"
                 return response
             return FileResponse(copy, media_type=response.media_type,
