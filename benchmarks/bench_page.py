@@ -20,7 +20,9 @@ It is served as plain files with the same cross-origin isolation headers as
 ferkit's (both may use WASM threads), uncompressed (as a plain host would).
 
 ``--levers`` adds rows for the live view's speed levers (detector input size,
-detection every k frames, the worker) on ``fer_lite``.
+detection every k frames, the worker) on ``fer_lite``. A model with an int8
+copy for the Live view (``python -m ferkit quantize``) gets a second row: the
+same live path through its float classifier.
 """
 
 from __future__ import annotations
@@ -269,6 +271,11 @@ def main() -> None:
         arms += [{"label": f"ferkit `{m['name']}`" + (" (the default)" if m["name"] == default else ""),
                   "url": f"{ours}?model={m['name']}", "ready": ready, "analyse": "ferkitAnalyseFrame"}
                  for m in index["models"]]
+        # A model with an int8 copy for Live (ferkit.quantize) also through its float classifier, interleaved.
+        arms += [{"label": f"ferkit `{m['name']}`, float classifier (the Photo view's; Live before its int8 copy)",
+                  "url": f"{ours}?model={m['name']}", "ready": ready, "analyse": "ferkitAnalyseFrame",
+                  "options": {"live": True, "liveClassifier": False}}
+                 for m in index["models"] if m.get("live_url")]
         if args.levers:
             lite = f"{ours}?model=fer_lite"
             arms += [

@@ -8,7 +8,7 @@ import sys
 import warnings
 from dataclasses import replace
 
-from ferkit import commands, data, evaluation, photos, portable, server, video_jobs
+from ferkit import commands, data, evaluation, photos, portable, quantize, server, video_jobs
 from ferkit.analyse import add_commands
 from ferkit.faces import DETECTORS
 from ferkit.history import DEFAULT_CHECKPOINT_DIR
@@ -249,6 +249,27 @@ def build_parser() -> argparse.ArgumentParser:
                                         "working folder)")
     export.set_defaults(func=commands.cmd_export)
 
+    int8 = subcommands.add_parser(
+        "quantize", help="write a model's int8 copy (MODEL.int8.onnx) that the page's Live view runs",
+        description="Quantize the model's ONNX graph to int8 (ONNX Runtime's static quantization: int8 weights per "
+                    "channel, uint8 activations with ranges measured on random FER-2013 Training faces; the last "
+                    "dense layer, softmax and average stay float), score it against the float graph on PublicTest "
+                    "and write it only if the accuracy drops by --max-drop points or less. The file records the "
+                    "fingerprint of the weights it came from: `serve` and `export-web` offer it to the Live view "
+                    "while the model's weights are unchanged (the Photo view keeps the float model).")
+    int8.add_argument("model", nargs="?", help="model stem or .json/.h5 path (default: $FERKIT_MODEL, else fer)")
+    int8.add_argument("--data", metavar="DATASET", help=_DATA_HELP)
+    int8.add_argument("--out", help="output file (default: MODEL.int8.onnx beside the model, where the server looks)")
+    int8.add_argument("--calibration-faces", type=int, default=quantize.Calibration.faces, metavar="N",
+                      help="random Training faces the activation ranges are measured on (default: %(default)s)")
+    int8.add_argument("--seed", type=int, default=quantize.Calibration.seed,
+                      help="seed of the calibration faces' draw (default: %(default)s)")
+    int8.add_argument("--max-drop", type=float, default=quantize.MAX_DROP_POINTS, metavar="POINTS",
+                      help="refuse to write the copy if its PublicTest accuracy is more than this many percentage "
+                           "points below the float model's (default: %(default)s)")
+    int8.add_argument("--no-progress", action="store_true", help="no progress bar")
+    int8.set_defaults(func=commands.cmd_quantize)
+
     serve = subcommands.add_parser(
         "serve", help="the web page: live webcam, photos and videos in the browser, the model running in the page",
         description="Start a local web app and open it in the browser. Live and Photo views run face detection and "
@@ -329,8 +350,8 @@ def _plain_warnings() -> None:
     warnings.showwarning = show
 
 
-_TENSORFLOW_COMMANDS = ("train", "distill", "evaluate", "ensemble", "interpolate", "predict", "demo", "export", "serve",
-                       "export-web", "analyse")
+_TENSORFLOW_COMMANDS = ("train", "distill", "evaluate", "ensemble", "interpolate", "predict", "demo", "export",
+                       "quantize", "serve", "export-web", "analyse")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ferkit import data, evaluation, fidelity, files, photos, server
+from ferkit import data, evaluation, fidelity, files, photos, quantize, server
 from ferkit.batch import predict_path
 from ferkit.export import export_onnx
 from ferkit.finetune import interpolate_weights
@@ -252,6 +252,26 @@ def cmd_interpolate(args) -> None:
 
 def cmd_export(args) -> None:
     print(export_onnx(args.model, args.out))
+
+
+def cmd_quantize(args) -> int | None:
+    stem = resolve_model(args.model)  # a missing model fails before the dataset is read
+    dataset = data.load_fer2013(args.data, progress=not args.no_progress)
+    calibration = quantize.Calibration(faces=args.calibration_faces, seed=args.seed)
+    _note(f"calibrating on {calibration.faces} random {calibration.split} faces (seed {calibration.seed}), "
+          "then scoring PublicTest in float and int8")
+    result = quantize.quantize_model(stem, dataset, args.out, calibration=calibration, max_drop_points=args.max_drop)
+    print(f"PublicTest accuracy: float {result.public_test_float:.4f}, int8 {result.public_test_int8:.4f} "
+          f"({-result.drop_points:+.2f} points) on {result.faces} faces")
+    print(f"largest probability change {result.max_probability_change:.4f} "
+          f"(99th percentile of each face's largest: {result.p99_probability_change:.4f})")
+    if result.path is None:
+        _note(f"error: {args.out or quantize.live_path(stem)}: not written: the int8 copy's PublicTest accuracy is "
+              f"{result.drop_points:.2f} points below the float model's, more than --max-drop {args.max_drop:g}; "
+              "try more --calibration-faces or another --seed")
+        return 2
+    _note(f"wrote {result.path} (from weights {result.fingerprint[:12]}...)")
+    return None
 
 
 def cmd_serve(args) -> None:

@@ -11,7 +11,8 @@ Routes (all relative, so the same page works from a static folder,
 
     GET    /                         the page (ferkit/web/index.html) and its files
     GET    /models/index.json        the models offered: class names, crop settings, accuracy, size
-    GET    /models/{name}.onnx       a model, exported to ONNX on start-up
+    GET    /models/{name}.onnx       a model, exported to ONNX on start-up (float16 weights, float arithmetic)
+    GET    /models/{name}.int8.onnx  its int8 copy for the Live view, where one was made from its current weights
     GET    /models/yunet.onnx        the face detector, with free input size
     POST   /api/videos?model=NAME    upload a video (the request body) for a model (default: the first); 202 {"id": ...}
     GET    /api/videos/{id}          {"status", "model", "frames_done", "frames_total", "error", "faces_total", ...}
@@ -46,6 +47,7 @@ from ferkit.export import export_onnx
 from ferkit.faces import YUNET_MODEL, checked_yunet_model
 from ferkit.images import MAX_IMAGE_PIXELS
 from ferkit.model import ModelMeta, resolve_model
+from ferkit.quantize import LIVE_SUFFIX, live_copy, read_metadata
 from ferkit.settings import page_settings
 from ferkit.video_jobs import JOB_TTL_SECONDS, MAX_WAITING_JOBS, MAX_WORK_BYTES, QueueFull, VideoJobs
 from ferkit.web_assets import compressed_static_files, precompress
@@ -86,6 +88,7 @@ class ModelEntry:
     meta: ModelMeta
     onnx: Path
     info: dict = field(default_factory=dict)
+    live: dict = field(default_factory=dict)  # index.json's live_* fields: the Live view's int8 copy, where served
 
 
 def prepare_models(names: list[str] | None, folder: Path) -> list[ModelEntry]:
@@ -103,9 +106,29 @@ def prepare_models(names: list[str] | None, folder: Path) -> list[ModelEntry]:
         meta = ModelMeta.read(meta_path) if meta_path.exists() else ModelMeta()
         # float16 weights: half the download, accuracy unchanged (docs/experiments/page-speed.md)
         onnx_path = export_onnx(stem, folder / f"{label}.onnx", float16_weights=True)
-        entries.append(ModelEntry(label, stem, meta, onnx_path, _model_info(stem, meta, onnx_path)))
+        entries.append(ModelEntry(label, stem, meta, onnx_path, _model_info(stem, meta, onnx_path),
+                                  _live_copy(stem, folder / f"{label}{LIVE_SUFFIX}")))
     flexible_yunet(folder / "yunet.onnx")
     return entries
+
+
+def _live_copy(stem: Path, target: Path) -> dict:
+    """Copy the model's int8 copy (ferkit.quantize) to ``target`` where it was made from the model's current
+    weights, and return index.json's live_* fields for it; else {} (the Live view runs the float model), with one
+    line on stderr saying why."""
+    source, why = live_copy(stem)
+    if source is None:
+        print(f"ferkit: {stem.name}: the Live view runs the float model ({why})", file=sys.stderr)
+        return {}
+    shutil.copyfile(source, target)
+    try:
+        scores = json.loads(read_metadata(target).get("ferkit.public_test", "{}"))
+    except ValueError:  # the scores are shown, not needed: the copy is served without them
+        scores = {}
+    live = {"live_url": f"models/{target.name}", "live_megabytes": round(target.stat().st_size / 2**20, 1)}
+    if "int8" in scores:
+        live["live_accuracy"] = {"PublicTest": scores["int8"], "PublicTest_float": scores.get("float")}
+    return live
 
 
 def _model_info(stem: Path, meta: ModelMeta, onnx_path: Path) -> dict:
@@ -164,7 +187,7 @@ def models_index(entries: list[ModelEntry], default: str | None = None) -> dict:
         "models": [{"name": e.name, "url": f"models/{e.name}.onnx", "class_names": e.meta.class_names,
                     "input_size": e.meta.input_size, "face_margin": e.meta.face_margin,
                     "face_offset": e.meta.face_offset, "face_align": e.meta.face_align,
-                    "face_low_contrast": e.meta.face_low_contrast, **e.info}
+                    "face_low_contrast": e.meta.face_low_contrast, **e.info, **e.live}
                    for e in entries],
     }
 

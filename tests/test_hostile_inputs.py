@@ -400,6 +400,7 @@ FAILING_RUNS = {
     "ensemble": ["ensemble", "missing_a", "missing_b", "--out", "out"],
     "interpolate": ["interpolate", "missing_a", "missing_b", "--out", "out"],
     "export": ["export", "missing"],
+    "quantize": ["quantize", "missing", "--data", "missing.zip"],
     "export-web": ["export-web", "web", "--model", "missing"],
     "serve": ["serve", "--model", "missing", "--no-browser"],
     "predict": ["predict", "missing.jpg"],

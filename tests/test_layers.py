@@ -20,7 +20,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
              "dataset_npz", "data", "sample", "faces", "photos", "plots"),
     "model": ("portable", "architectures", "model", "inference"),
     "training and inference": ("augmentation", "hardware", "history", "finetune", "training", "callbacks", "evaluation",
-                               "prediction", "tracking", "video", "batch", "fidelity", "export"),
+                               "prediction", "tracking", "video", "batch", "fidelity", "export", "quantize"),
     "applications": ("cli", "commands", "server", "web_assets", "web_security", "video_jobs", "webcam", "analyse",
                      "report", "recordings", "__main__", "__init__"),
 }

@@ -103,7 +103,7 @@ def test_a_picked_camera_keeps_a_face_s_id_and_the_exports_equal_the_session(pag
     csv_rows, exported = exports(page)
     assert exported["rows"] == rows and exported["frames"] == frames and exported["settings"] == session["settings"]
     assert [{**row, "box": [float(v) for v in row["box"]]} for row in rows] == [
-        {"time": float(r["time"]), "frame": int(r["frame"]), "id": int(r["id"]),
+        {"time": float(r["time"]), "frame": int(r["frame"]), "model": r["model"], "id": int(r["id"]),
          "box": [float(r[k]) for k in ("x", "y", "width", "height")], "label": r["label"],
          "probabilities": {name: float(r[name]) for name in names}} for r in csv_rows]
     shares = exported["bins"][0]["shares"]
@@ -144,9 +144,9 @@ def test_aggregate_only_keeps_and_exports_no_per_person_rows(page):
     names = session["settings"]["classNames"]
 
     csv_rows, exported = exports(page)
-    assert list(csv_rows[0]) == ["time", "frame", "faces", *names]
-    assert [{"time": float(r["time"]), "faces": int(r["faces"]), "counts": {n: int(r[n]) for n in names}}
-            for r in csv_rows] == session["frames"]
+    assert list(csv_rows[0]) == ["time", "frame", "model", "faces", *names]
+    assert [{"time": float(r["time"]), "model": r["model"], "faces": int(r["faces"]),
+             "counts": {n: int(r[n]) for n in names}} for r in csv_rows] == session["frames"]
     assert set(exported) == {"settings", "frames", "bins"} and exported["frames"] == session["frames"]
 
     def keys(value):
@@ -156,3 +156,27 @@ def test_aggregate_only_keeps_and_exports_no_per_person_rows(page):
 
     assert not keys(exported) & {"id", "box", "rows", "probabilities"}, keys(exported)
     assert page.page.evaluate("window.ferkitState.session.frames.some((f) => f.counts.happy > 0)")
+
+
+def test_a_model_switched_mid_session_is_recorded_with_each_frame(page):
+    start(page, "looking_away.y4m")
+    first = page.page.evaluate("window.ferkitState.session.settings.model")
+    other = next(name for name in page.page.locator("#model option").evaluate_all("(os) => os.map((o) => o.value)")
+                 if name != first)
+    page.page.select_option("#model", other)
+    page.page.wait_for_function(f"window.ferkitState.session.frames.filter((f) => f.model === {other!r} && f.faces)"
+                                ".length >= 3", timeout=120000)
+    session = stop(page)
+    assert not page.state()["error"]
+    models = session["settings"]["models"]
+    assert [m["model"] for m in models] == [first, other] and models[0]["from"] == 0 and models[1]["from"] > 0
+    assert session["settings"]["model"] == other
+    # Each frame names the model that classified it: the first model's frames, then only the other's.
+    names = [frame["model"] for frame in session["frames"]]
+    switch = names.index(other)
+    assert set(names[:switch]) == {first} and set(names[switch:]) == {other}
+    assert session["frames"][switch]["time"] >= models[1]["from"]
+    assert all(row["model"] == session["frames"][row["frame"]]["model"] for row in session["rows"])
+    assert len({row["id"] for row in session["rows"]}) == 1  # the same person, one id across the switch
+    csv_rows, _ = exports(page)
+    assert [r["model"] for r in csv_rows] == [row["model"] for row in session["rows"]]

@@ -234,9 +234,10 @@ def test_stale_state_goes_after_the_next_success_or_a_stop(server, browser, scen
     stopping the camera clears its bars and frame rate."""
     state = {"refuse": True}
 
-    def refuse_fer(page):  # the first switch to the server's first model fails to load it
+    def refuse_fer(page):  # the first switch to the server's first model fails to load it (float or int8 copy)
         page.route("**/models/*.onnx", lambda route: route.abort() if state["refuse"] and
-                   route.request.url.endswith(f"/{first}.onnx") else route.fallback())
+                   route.request.url.rsplit("/", 1)[-1] in (f"{first}.onnx", f"{first}.int8.onnx")
+                   else route.fallback())
 
     index = json.loads(urllib.request.urlopen(server + "models/index.json").read())
     first = index["models"][0]["name"]

@@ -4,10 +4,13 @@ The speed itself is measured by benchmarks/bench_page.py (against face-api, on
 a quiet machine); these tests hold the weight and the shape of what is sent:
 the default page's first load stays within 6 MB, a model not chosen is fetched
 only when the switch selects it, text and WASM go gzip-compressed, each model
-in the switch names its measured accuracy, and the float16 weights the page
-downloads keep FER-2013 PrivateTest accuracy within 0.3 points.
+in the switch names its measured accuracy, the float16 weights the page
+downloads keep FER-2013 PrivateTest accuracy within 0.3 points, and the Live
+view runs `fer`'s int8 copy (ferkit.quantize) while the Photo view runs the
+float model.
 """
 
+import base64
 import json
 import urllib.request
 
@@ -60,11 +63,59 @@ def test_the_default_page_loads_within_6_mb_compressed_with_only_its_model(serve
         options = page.locator("#model option").all_inner_texts()
         assert len(options) == len(index["models"]) and all("%" in text for text in options), options
         assert page.evaluate("window.ferkitState.model") == default
-        if others:  # switching fetches the other model, then
+        if others:  # switching fetches the other model, then (on the Live view: its int8 copy where it has one)
             page.select_option("#model", others[0])
             page.wait_for_function(f"window.ferkitState.model === {json.dumps(others[0])} && window.ferkitState.ready",
                                    timeout=120000)
-            assert f"{others[0]}.onnx" in received, received
+            switched = next(m for m in index["models"] if m["name"] == others[0])
+            assert (switched.get("live_url") or switched["url"]).rsplit("/", 1)[-1] in received, received
+    finally:
+        context.close()
+
+
+#: Live answers (fer's int8 copy, the 320-pixel search) against Predictor's on the same still, probabilities: the
+#: int8 copy alone moves FER-2013 PublicTest probabilities by up to 0.034 (99% of faces: 0.020), and the coarser
+#: search moves the box by up to 8% of its size (here: 0.004 measured). Photos keep Predictor's within 0.02.
+LIVE_TOLERANCE = 0.06
+
+
+def test_live_runs_fers_int8_copy_and_photo_the_float_model(server, browser, scene):  # noqa: F811
+    from ferkit.prediction import Predictor
+
+    index = json.loads(urllib.request.urlopen(server + "models/index.json").read())
+    fer = next(m for m in index["models"] if m["name"] == "fer")
+    assert fer.get("live_url") == "models/fer.int8.onnx", "no live copy: python -m ferkit quantize fer --data FER2013"
+    assert fer["live_megabytes"] < 0.6 * fer["onnx_megabytes"] and fer["live_accuracy"]["PublicTest"] > 0.7
+    context, page, received = load_page(browser, server + "?model=fer")  # camera allowed: Live starts
+    try:
+        page.wait_for_function("window.ferkitState.frames > 0 && window.ferkitState.faces.length > 0", timeout=60000)
+        assert "fer.int8.onnx" in received and "fer.onnx" not in received, sorted(received)
+        assert "int8" in page.text_content("#model-info")
+        page.click("#live-stop")  # the frames below are the test's, not the camera's
+
+        # The live path (ferkitAnalyseFrame, the benchmark's hook) on a still, against Predictor's answers.
+        png = base64.b64encode(scene.read_bytes()).decode()
+        faces = page.evaluate("""async (png) => {
+          const image = new Image();
+          image.src = "data:image/png;base64," + png;
+          await image.decode();
+          const canvas = Object.assign(document.createElement("canvas"), { width: image.width, height: image.height });
+          canvas.getContext("2d").drawImage(image, 0, 0);
+          return window.ferkitAnalyseFrame(canvas, { live: true, detectEvery: 1 });
+        }""", png)
+        expected = Predictor("fer").predict(scene).faces
+        assert len(faces) == len(expected) == 2
+        for ours, theirs in zip(faces, expected):
+            assert np.abs(np.subtract(ours["box"], theirs.box)).max() <= 0.08 * max(theirs.box[2:]), (ours, theirs)
+            assert ours["label"] == theirs.label
+            for name, p in theirs.probabilities.items():
+                assert abs(ours["probabilities"][name] - p) <= LIVE_TOLERANCE, (name, ours["probabilities"][name], p)
+        assert "fer.onnx" not in received, sorted(received)
+
+        page.click("#photo-tab")  # the Photo view fetches the float model (Predictor's answers within 0.02)
+        page.wait_for_function("document.getElementById('model-info').textContent.includes('Photo, float')",
+                               timeout=60000)
+        assert "fer.onnx" in received, sorted(received)
     finally:
         context.close()
 

@@ -187,9 +187,9 @@ def test_the_wheel_carries_the_models_and_the_page_and_its_demo_runs_from_it(tmp
     names = set(zipfile.ZipFile(wheel).namelist())
 
     expected = (_files_under(ROOT / "ferkit", "*.py") | _files_under(ROOT / "ferkit" / "web", "*")
-                | _files_under(ROOT / "ferkit" / "assets", "*") | _files_under(MODELS, "*.json", "*.h5"))
+                | _files_under(ROOT / "ferkit" / "assets", "*") | _files_under(MODELS, "*.json", "*.h5", "*.int8.onnx"))
     assert {f"ferkit/models/{name}{suffix}" for name in ("fer", "fer_lite")
-            for suffix in (".json", ".h5", ".meta.json", ".metrics.json")} <= expected
+            for suffix in (".json", ".h5", ".meta.json", ".metrics.json")} | {"ferkit/models/fer.int8.onnx"} <= expected
     assert {"ferkit/web/index.html", "ferkit/web/vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm",
             "ferkit/assets/face_detection_yunet_2023mar.onnx"} <= expected
     assert sorted(expected - names) == []

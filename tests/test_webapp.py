@@ -415,6 +415,10 @@ def test_the_static_build_works_from_a_plain_file_server(browser, scene, tmp_pat
     result = subprocess.run([sys.executable, "-m", "ferkit", "export-web", str(site)], env=ENV, cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+    # fer's int8 copy for the Live view travels with it, gzip copy included
+    index = json.loads((site / "models" / "index.json").read_text())
+    assert next(m for m in index["models"] if m["name"] == "fer")["live_url"] == "models/fer.int8.onnx"
+    assert (site / "models" / "fer.int8.onnx").is_file() and (site / "models" / "fer.int8.onnx.gz").is_file()
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "-d", str(site)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -77,28 +77,48 @@ async function loadModels() {
 function describe(entry) {
   const parts = [entry.architecture, `${(entry.parameters / 1e6).toFixed(1)}M parameters`, `${entry.onnx_megabytes} MB`];
   if (entry.accuracy && entry.accuracy.PrivateTest) parts.push(`PrivateTest ${(100 * entry.accuracy.PrivateTest).toFixed(1)}%`);
-  if (entry.classifierMs !== undefined) parts.push(`${entry.classifierMs.toFixed(1)} ms per face here`);
+  if (entry.live_url) parts.push(`Live: int8 copy, ${entry.live_megabytes} MB`);
+  const measured = entry.classifierMs || {};
+  for (const [kind, ms] of Object.entries(measured)) {
+    parts.push(`${ms.toFixed(1)} ms per face here${entry.live_url ? ` (${kind === "live" ? "Live, int8" : "Photo, float"})` : ""}`);
+  }
   return parts.join(" · ");
+}
+
+// The view shown decides which classifier a model needs: Live runs the model's int8 copy where index.json gives
+// one (live_url), Photo the float model. Each is fetched when its view first needs it; its speed as measured here
+// and now (one face through it, median of 5 after a warm-up) goes into the model info.
+const needsLiveClassifier = (view) => view !== "photo";
+
+async function prepareClassifier(view) {
+  const entry = index.models.find((m) => m.name === state.model), live = needsLiveClassifier(view);
+  const kind = live && entry.live_url ? "live" : "photo", mine = pipeline;
+  entry.classifierMs ??= {};
+  if (entry.classifierMs[kind] !== undefined) return;
+  const face = new Uint8Array(entry.input_size * entry.input_size).fill(128);
+  const times = [];
+  for (let i = 0; i < 6; i++) {
+    const started = performance.now();
+    await mine.classify([face], { live });
+    if (i) times.push(performance.now() - started);
+  }
+  if (pipeline !== mine) return;  // the model was switched meanwhile
+  entry.classifierMs[kind] = times.sort((a, b) => a - b)[2];
+  $("model-info").textContent = $("model-info").title = describe(entry);
 }
 
 async function useModel(name) {
   const entry = index.models.find((m) => m.name === name);
   setStatus(`loading ${name}…`);
   state.ready = false;
-  pipeline = await createPipeline(ort, { detectorUrl: index.detector.url, modelUrl: entry.url, meta: entry,
-                                          search: index.detector });
+  pipeline = await createPipeline(ort, { detectorUrl: index.detector.url, modelUrl: entry.url,
+                                          liveModelUrl: entry.live_url, live: needsLiveClassifier(shownView()),
+                                          meta: entry, search: index.detector });
   state.model = name;
   state.ready = booted;
-  // Speed as measured here and now: one 48x48 face through the classifier, median of 5 after a warm-up.
-  const face = new Uint8Array(entry.input_size * entry.input_size).fill(128);
-  const times = [];
-  for (let i = 0; i < 6; i++) {
-    const started = performance.now();
-    await pipeline.classify([face]);
-    if (i) times.push(performance.now() - started);
-  }
-  entry.classifierMs = times.sort((a, b) => a - b)[2];
+  liveModelChanged(entry);
   $("model-info").textContent = $("model-info").title = describe(entry);
+  await prepareClassifier(shownView());
   state.error = null;
   setStatus(readyText());
 }
@@ -136,7 +156,8 @@ function followFaces(faces, now) {
   live.session.record(now, faces);
 }
 
-const live = { camera: null, running: false, overlay: null, grab: null, meter: null, tracker: null, session: null };
+const live = { camera: null, running: false, overlay: null, grab: null, meter: null, tracker: null, session: null,
+               source: null };
 let panel = null;  // the session panel (session_panel.js), made in main()
 
 async function startLive() {
@@ -150,17 +171,35 @@ async function startLive() {
   live.overlay = ferkitOverlay(live.camera);
   watchNewFrames(live.camera.video);
   live.grab = document.createElement("canvas");
-  live.tracker = new Tracker(index.tracking);  // a new session: ids from 0, no history, a new frame rate
-  live.meter = ferkitFrameRateMeter();
-  const { class_names: classNames } = index.models.find((m) => m.name === state.model);
-  live.session = state.session = new Session({ classNames, aggregateOnly: panel.aggregateOnly,
-    settings: { model: state.model, source: `${source.kind}: ${live.camera.label}`, tracking: index.tracking } });
-  panel.show(live.session);
+  live.source = `${source.kind}: ${live.camera.label}`;
+  newSession();
   panel.running(true);
   live.running = true;
   $("live-start").disabled = true;
   $("live-stop").disabled = $("live-snapshot").disabled = false;
   requestAnimationFrame(liveStep);
+}
+
+// A new session: ids from 0, no history, a new frame rate.
+function newSession() {
+  live.tracker = new Tracker(index.tracking);
+  live.meter = ferkitFrameRateMeter();
+  const { class_names: classNames } = index.models.find((m) => m.name === state.model);
+  live.session = state.session = new Session({ classNames, aggregateOnly: panel.aggregateOnly,
+    settings: { model: state.model, source: live.source, tracking: index.tracking } });
+  panel.show(live.session);
+}
+
+// The model switched while Live runs: the session goes on with the new model where it names the same classes (each
+// frame records its model), and starts anew where it does not (its counts and exports are per class).
+function liveModelChanged(entry) {
+  if (!live.running || !live.session) return;
+  const names = live.session.settings.classNames;
+  if (names.length === entry.class_names.length && names.every((name, i) => name === entry.class_names[i])) {
+    live.session.switchModel(entry.name);
+  } else {
+    newSession();
+  }
 }
 
 function stopLive() {
@@ -197,7 +236,7 @@ function newFrameReady(now) {
 
 async function liveStep() {
   if (!live.running || !pipeline) return;
-  const video = live.camera.video, session = live.session;
+  const video = live.camera.video, session = live.session, analyser = pipeline;
   if (video.readyState >= 2 && video.videoWidth && newFrameReady(performance.now())) {
     live.frameAnalysedAt = performance.now();
     try {
@@ -208,11 +247,12 @@ async function liveStep() {
       grabContext.drawImage(video, 0, 0);
       const frame = grabContext.getImageData(0, 0, live.grab.width, live.grab.height);
       const t1 = performance.now();
-      const { faces, timings } = await pipeline.analyse(frame, { live: true });  // hands the frame's pixels over
+      const { faces, timings } = await analyser.analyse(frame, { live: true });  // hands the frame's pixels over
       const t2 = performance.now();
       // Stopped (or stopped and started again) while this frame was analysed: it belongs to no session, and the
-      // new session's loop is already running.
+      // new session's loop is already running. The model switched meanwhile: the frame is the old model's.
       if (!live.running || live.session !== session) return;
+      if (pipeline !== analyser) { requestAnimationFrame(liveStep); return; }
       followFaces(faces, t2);
       live.overlay.width = frame.width;
       live.overlay.height = frame.height;
@@ -258,7 +298,10 @@ function showView(name) {
     button.tabIndex = chosen ? 0 : -1;  // tabs: Tab reaches the chosen one, the arrow keys the others
   }
   for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== name;
+  if (pipeline && name !== "video") prepareClassifier(name).catch(fail);  // the view's classifier, fetched ahead
 }
+
+const shownView = () => document.querySelector("nav button.active")?.dataset.view || "live";
 
 async function main() {
   panel = new SessionPanel({ palette, download });
@@ -290,7 +333,8 @@ async function main() {
 
 // For benchmarks/bench_page.py: one live-view analysis of a canvas's frame, as fast as the page takes them
 // (not paced by a camera) -> the faces found.
-// options: pipeline.analyse's, to compare settings (default: the live view's).
+// options: pipeline.analyse's, to compare settings (default: the live view's, with its classifier: the model's int8
+// copy where index.json gives one).
 window.ferkitAnalyseFrame = async (canvas, options = { live: true }) => {
   const frame = canvas.getContext("2d", { willReadFrequently: true }).getImageData(0, 0, canvas.width, canvas.height);
   return (await pipeline.analyse(frame, options)).faces;

@@ -32,7 +32,11 @@ class WorkerPipeline {
     return this.call("analyse", { image: plain, options }, options.live ? [image.data.buffer] : []);
   }
 
-  classify(crops) { return this.call("classify", { crops }); }
+  // options.live: the live classifier (the model's int8 copy where it has one), else the photo one (float).
+  classify(crops, options = {}) { return this.call("classify", { crops, options }); }
+
+  // Creates (fetches) the live or the photo classifier ahead of its first face.
+  prepare(live) { return this.call("prepare", { live }); }
 
   // Ends the worker once the calls it is answering are done (a model switch replaces the pipeline).
   retire() {

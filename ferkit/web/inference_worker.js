@@ -1,6 +1,6 @@
 // The page's inference off the main thread: a classic worker holding ONNX Runtime Web and one Pipeline
 // (pipeline.js), so detection, cropping and classification never block drawing, input or scrolling.
-// Driven by inference.js: messages {id, type: "create" | "analyse" | "classify", args}, answered with
+// Driven by inference.js: messages {id, type: "create" | "analyse" | "classify" | "prepare", args}, answered with
 // {id, result} or {id, error}.
 /* global ort, importScripts */
 importScripts("vendor/onnxruntime-web/ort.wasm.min.js");
@@ -17,7 +17,8 @@ const handlers = {
     return null;
   },
   analyse: ({ image, options }) => pipeline.analyse(image, options),
-  classify: ({ crops }) => pipeline.classify(crops),
+  classify: ({ crops, options }) => pipeline.classify(crops, options),
+  prepare: async ({ live }) => { await pipeline.prepare(live); return null; },
 };
 
 self.onmessage = async ({ data: { id, type, args } }) => {

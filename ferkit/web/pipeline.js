@@ -7,7 +7,8 @@
 //   -> grayscale with OpenCV's fixed-point weights -> square crop with the model's face_margin and
 //   face_offset, turned to level the eyes where face_align, edges repeated -> resize to 48x48 (area averaging when shrinking, bilinear when enlarging)
 //   -> a flat crop stretched to the Training faces' brightness and contrast (face_low_contrast)
-//   -> the classifier's ONNX graph -> probabilities.
+//   -> the classifier's ONNX graph -> probabilities (live frames: the model's int8 copy where it has one, faster
+//   and within a few hundredths; photos: the float model, Predictor's answers).
 //
 // Everything runs in ONNX Runtime Web; no frame leaves the browser. The page runs a Pipeline in a Web Worker
 // (inference.js, inference_worker.js); Live frames take a faster search (Pipeline.detectLive), photos this one.
@@ -247,17 +248,21 @@ function clipAndSort(faces, image) {
 export class Pipeline {
   // ort: the onnxruntime-web module; meta: the model's fer.meta.json (class names, input size, crop settings);
   // search: index.json's detector settings (ferkit.settings.DetectorSettings, which ferkit.faces uses).
-  static async create(ort, { detectorUrl, modelUrl, meta, search, executionProviders = ["wasm"] }) {
+  // modelUrl: the float classifier (photos: Predictor's answers); liveModelUrl: the model's int8 copy for live
+  // frames where index.json gives one (live_url), else the float one. live: which of the two the page needs first,
+  // fetched with the detector (a file that fails to load fails here); the other is fetched when first used.
+  static async create(ort, { detectorUrl, modelUrl, liveModelUrl, meta, search, live = false,
+                             executionProviders = ["wasm"] }) {
     const options = { executionProviders, graphOptimizationLevel: "all" };
-    const [detector, classifier] = await Promise.all([
-      ort.InferenceSession.create(detectorUrl, options), ort.InferenceSession.create(modelUrl, options)]);
-    return new Pipeline(ort, detector, classifier, meta, search);
+    const pipeline = new Pipeline(ort, null, { photo: modelUrl, live: liveModelUrl || modelUrl, options }, meta, search);
+    [pipeline.detector] = await Promise.all([ort.InferenceSession.create(detectorUrl, options), pipeline.prepare(live)]);
+    return pipeline;
   }
 
-  constructor(ort, detector, classifier, meta, search) {
+  constructor(ort, detector, classifiers, meta, search) {
     const { min_face_score, max_pixels, upscale_search_min_face, confirmed_score_discount, confirm_iou,
             new_face_iou } = search;
-    Object.assign(this, { ort, detector, classifier, meta, detectorSettings: search,
+    Object.assign(this, { ort, detector, classifiers, sessions: new Map(), meta, detectorSettings: search,
                           minFaceScore: min_face_score, maxPixels: max_pixels,
                           upscaleMinFace: upscale_search_min_face, confirmedDiscount: confirmed_score_discount,
                           confirmIou: confirm_iou, newFaceIou: new_face_iou });
@@ -300,13 +305,28 @@ export class Pipeline {
     }));
   }
 
-  async classify(crops) {
+  // The classifier session for live frames or photos, created (its file fetched) on first use; one session where
+  // both are the same file. A failed creation is forgotten, so the next call tries again.
+  classifier(live = false) {
+    const url = live ? this.classifiers.live : this.classifiers.photo;
+    if (!this.sessions.has(url)) {
+      const created = this.ort.InferenceSession.create(url, this.classifiers.options);
+      created.catch(() => { if (this.sessions.get(url) === created) this.sessions.delete(url); });
+      this.sessions.set(url, created);
+    }
+    return this.sessions.get(url);
+  }
+
+  // Fetches and creates the live or the photo classifier ahead of its first face.
+  async prepare(live = false) { await this.classifier(live); }
+
+  async classify(crops, { live = false } = {}) {
     const size = this.meta.input_size, names = this.meta.class_names;
     if (crops.length === 0) return [];
     const x = new Float32Array(crops.length * size * size);
     crops.forEach((crop, i) => x.set(crop, i * size * size));
     const input = new this.ort.Tensor("float32", x, [crops.length, size, size, 1]);
-    const output = (await this.classifier.run({ face: input })).probabilities.data;
+    const output = (await (await this.classifier(live)).run({ face: input })).probabilities.data;
     return crops.map((_, i) => Object.fromEntries(names.map((name, k) => [name, output[i * names.length + k]])));
   }
 
@@ -332,8 +352,10 @@ export class Pipeline {
 
   // One frame -> {faces: [{box, label, score, probabilities, detectionScore}], timings: {stage: ms}}.
   // upscaleSearch: also search the frame at twice its size (photos; the live view skips it for speed).
-  // live: the live view's faster search (detectLive); photos and Predictor-equal answers leave it off.
-  async analyse(image, { upscaleSearch = false, live = false, liveSide, detectEvery } = {}) {
+  // live: the live view's faster search (detectLive) and classifier (the int8 copy where the model has one); photos
+  // and Predictor-equal answers leave it off. liveClassifier false: live frames through the float classifier
+  // (benchmarks/bench_page.py's comparison).
+  async analyse(image, { upscaleSearch = false, live = false, liveSide, detectEvery, liveClassifier = true } = {}) {
     const t0 = performance.now();
     const found = live ? await this.detectLive(image, { side: liveSide, every: detectEvery })
       : await this.detect(image, { upscaleSearch });
@@ -342,7 +364,7 @@ export class Pipeline {
     const { face_margin: margin, face_offset: offset, face_align: align, face_low_contrast: lowContrast } = this.meta;
     const crops = found.map((face) => cropFace(gray, face, this.meta.input_size, { margin, offset, align, lowContrast }));
     const t2 = performance.now();
-    const probabilities = await this.classify(crops);
+    const probabilities = await this.classify(crops, { live: live && liveClassifier });
     const t3 = performance.now();
     const faces = found.map((face, i) => {
       const entries = Object.entries(probabilities[i]);

@@ -5,6 +5,8 @@
 //   with the tracker's id and smoothed probabilities; plus the class counts of every frame;
 // - aggregate only: the class counts of every frame and nothing else. No row, id or box is ever stored, so
 //   none can be exported.
+// Every frame and row names the model that classified it: the model may be switched during a session
+// (settings.models lists each with the time it took over; settings.model is the one in use now).
 // Times are seconds since the session started, to the millisecond. The page shows the session as
 // window.ferkitState.session; its exports (CSV and JSON) are made from these fields and nothing else.
 
@@ -13,7 +15,7 @@ export class Session {
   // source, tracking, ...). startedAt: the session's zero, in performance.now()'s milliseconds.
   constructor({ classNames, aggregateOnly = false, binSeconds = 10, settings = {}, startedAt = performance.now() }) {
     this.settings = { ...settings, classNames: [...classNames], aggregateOnly, binSeconds,
-                      started: new Date().toISOString() };
+                      started: new Date().toISOString(), models: [{ model: settings.model ?? null, from: 0 }] };
     this.rows = [];    // per person: [{time, frame, id, box: [x, y, w, h], label, probabilities: {class: p}}]
     this.frames = [];  // every analysed frame: [{time, faces, counts: {class: faces with that label}}]
     this.startedAt = startedAt;
@@ -22,15 +24,22 @@ export class Session {
 
   get aggregateOnly() { return this.settings.aggregateOnly; }
 
+  // The model classifying from `now` on (same class names: the caller starts a new session otherwise).
+  switchModel(model, now = performance.now()) {
+    if (model === this.settings.model) return;
+    this.settings.model = model;
+    this.settings.models.push({ model, from: Math.round(now - this.startedAt) / 1000 });
+  }
+
   // One analysed frame at `now` (performance.now() ms): faces [{id, box, label, probabilities}] as tracked.
   record(now, faces) {
-    const time = Math.round(now - this.startedAt) / 1000, frame = this.frames.length;
+    const time = Math.round(now - this.startedAt) / 1000, frame = this.frames.length, model = this.settings.model;
     const counts = Object.fromEntries(this.settings.classNames.map((name) => [name, 0]));
     for (const face of faces) counts[face.label] = (counts[face.label] || 0) + 1;
-    this.frames.push({ time, faces: faces.length, counts });
+    this.frames.push({ time, model, faces: faces.length, counts });
     if (this.aggregateOnly) return;
     for (const { id, box, label, probabilities } of faces) {
-      const row = { time, frame, id, box: [...box], label, probabilities: { ...probabilities } };
+      const row = { time, frame, model, id, box: [...box], label, probabilities: { ...probabilities } };
       this.rows.push(row);
       if (!this.byId.has(id)) this.byId.set(id, []);
       this.byId.get(id).push(row);
@@ -69,17 +78,18 @@ export class Session {
     return this.aggregateOnly ? { settings, frames, bins: this.bins() } : { settings, rows, frames, bins: this.bins() };
   }
 
-  // The CSV export. Per person: one line per row, `time,frame,id,x,y,width,height,label,<class...>` (the
-  // classes' probabilities). Aggregate only: one line per analysed frame, `time,frame,faces,<class...>` (the
+  // The CSV export. Per person: one line per row, `time,frame,model,id,x,y,width,height,label,<class...>` (the
+  // classes' probabilities). Aggregate only: one line per analysed frame, `time,frame,model,faces,<class...>` (the
   // faces with each label). Numbers as JavaScript writes them (they read back to the same values).
   toCSV() {
     const names = this.settings.classNames;
     const lines = this.aggregateOnly
-      ? [["time", "frame", "faces", ...names],
-         ...this.frames.map(({ time, faces, counts }, frame) => [time, frame, faces, ...names.map((n) => counts[n])])]
-      : [["time", "frame", "id", "x", "y", "width", "height", "label", ...names],
-         ...this.rows.map(({ time, frame, id, box, label, probabilities }) =>
-           [time, frame, id, ...box, label, ...names.map((n) => probabilities[n])])];
+      ? [["time", "frame", "model", "faces", ...names],
+         ...this.frames.map(({ time, model, faces, counts }, frame) =>
+           [time, frame, model, faces, ...names.map((n) => counts[n])])]
+      : [["time", "frame", "model", "id", "x", "y", "width", "height", "label", ...names],
+         ...this.rows.map(({ time, frame, model, id, box, label, probabilities }) =>
+           [time, frame, model, id, ...box, label, ...names.map((n) => probabilities[n])])];
     return lines.map((cells) => cells.map(csvCell).join(",")).join("\r\n") + "\r\n";
   }
 }
