@@ -218,9 +218,22 @@ def test_the_pages_crop_equals_crop_face_also_turned_and_moved(server, browser, 
     for align in (False, True):
         in_page = page.page.evaluate(
             """async ([data, width, height, face, offset, align, lowContrast]) => {
-                 const { cropFace } = await import("./pipeline.js");
+                 const { cropFace, toGray, grayRegion } = await import("./pipeline.js");
                  const gray = { data: Uint8Array.from(data), width, height };
-                 return Array.from(cropFace(gray, face, 48, { margin: -0.05, offset, align, lowContrast }));
+                 const options = { margin: -0.05, offset, align, lowContrast };
+                 const crop = Array.from(cropFace(gray, face, 48, options));
+                 // The page converts only the pixels the frame's crops read: the same crop (an RGBA frame of
+                 // this grey reads back exactly), also for the face moved into a corner.
+                 const rgba = new Uint8ClampedArray(4 * data.length).map((_, i) => (i % 4 === 3 ? 255 : data[i >> 2]));
+                 const image = { data: rgba, width, height };
+                 const cornered = { ...face, box: [-face.box[2] / 3, height - face.box[3] / 2, face.box[2], face.box[3]] };
+                 for (const f of [face, cornered]) {
+                   const region = grayRegion([f], image, -0.05, offset, align);
+                   const fromRegion = Array.from(cropFace(toGray(image, region), f, 48, options));
+                   const full = Array.from(cropFace(toGray(image), f, 48, options));
+                   if (fromRegion.some((v, i) => v !== full[i])) throw new Error(`region ${region} misses pixels`);
+                 }
+                 return crop;
                }""",
             [gray.ravel().tolist(), gray.shape[1], gray.shape[0],
              {"box": list(face.box), "landmarks": face.landmarks.tolist()}, offset, align, lift])

@@ -97,13 +97,32 @@ export function decodeYunet(outputs, paddedW, paddedH, { score_floor: floor, nms
 }
 
 // Grayscale as cv2.COLOR_BGR2GRAY computes it for uint8: fixed-point ITU-R 601 weights.
-export function toGray(image) {
+// region [x0, y0, x1, y1) (default: the whole image): only those pixels are converted, the rest left 0; a frame's
+// faces need only the squares their crops read (grayRegion), a few percent of a 640x480 frame.
+export function toGray(image, region = [0, 0, image.width, image.height]) {
   const { width, height, data } = image;
   const gray = new Uint8Array(width * height);
-  for (let p = 0, i = 0; p < gray.length; p++, i += 4) {
-    gray[p] = (data[i] * 4899 + data[i + 1] * 9617 + data[i + 2] * 1868 + 8192) >> 14;
+  const [x0, y0, x1, y1] = region;
+  for (let y = y0; y < y1; y++) {
+    for (let p = y * width + x0, i = 4 * p, end = y * width + x1; p < end; p++, i += 4) {
+      gray[p] = (data[i] * 4899 + data[i + 1] * 9617 + data[i + 2] * 1868 + 8192) >> 14;
+    }
   }
   return { width, height, data: gray };
+}
+
+// The pixels cropFace may read for these faces: each crop's square (turned by up to 45 degrees where aligned, so
+// its circumscribed square), one pixel more for bilinear sampling and rounding, within the image.
+export function grayRegion(faces, image, margin, offset, align) {
+  let x0 = image.width, y0 = image.height, x1 = 0, y1 = 0;
+  for (const { box: [bx, by, bw, bh] } of faces) {
+    const side = Math.max(bw, bh) * (1 + 2 * margin), reach = (align ? Math.SQRT2 * side / 2 : side / 2) + 2;
+    const cx = bx + bw / 2, cy = by + bh / 2 + (align ? 0 : offset * side), shift = align ? Math.abs(offset * side) : 0;
+    x0 = Math.min(x0, Math.floor(cx - reach - shift)); x1 = Math.max(x1, Math.ceil(cx + reach + shift));
+    y0 = Math.min(y0, Math.floor(cy - reach - shift)); y1 = Math.max(y1, Math.ceil(cy + reach + shift));
+  }
+  const clamp = (v, n) => Math.min(n, Math.max(0, v));
+  return [clamp(x0, image.width), clamp(y0, image.height), clamp(x1, image.width), clamp(y1, image.height)];
 }
 
 function clampIndex(v, n) { return v < 0 ? 0 : v >= n ? n - 1 : v; }
@@ -360,8 +379,8 @@ export class Pipeline {
     const found = live ? await this.detectLive(image, { side: liveSide, every: detectEvery })
       : await this.detect(image, { upscaleSearch });
     const t1 = performance.now();
-    const gray = toGray(image);
     const { face_margin: margin, face_offset: offset, face_align: align, face_low_contrast: lowContrast } = this.meta;
+    const gray = toGray(image, grayRegion(found, image, margin, offset, align));
     const crops = found.map((face) => cropFace(gray, face, this.meta.input_size, { margin, offset, align, lowContrast }));
     const t2 = performance.now();
     const probabilities = await this.classify(crops, { live: live && liveClassifier });
