@@ -127,27 +127,39 @@ export function grayRegion(faces, image, margin, offset, align) {
 
 function clampIndex(v, n) { return v < 0 ? 0 : v >= n ? n - 1 : v; }
 
-// cv2.resize(..., INTER_AREA) for shrinking: each output pixel averages the source area it covers.
+// cv2.resize(..., INTER_AREA) for shrinking: each output pixel averages the source area it covers. The weights
+// factor into rows and columns, so the sum runs as two passes (columns, then rows) over flat typed arrays.
 function resizeArea(src, sw, sh, dw, dh) {
   const out = new Uint8Array(dw * dh);
   const sx = sw / dw, sy = sh / dh;
-  const weights = (start, scale, n) => {
-    const begin = start * scale, end = begin + scale, cells = [];
-    for (let s = Math.floor(begin); s < Math.ceil(end - 1e-9); s++) {
-      const w = Math.min(end, s + 1) - Math.max(begin, s);
-      if (w > 1e-9) cells.push([clampIndex(s, n), w]);
+  // For each output index: the source cells it covers (clamped) and their overlaps, flat: cells[first[i]..first[i+1]).
+  const cover = (scale, dn, n) => {
+    const first = new Int32Array(dn + 1), cells = [], weights = [];
+    for (let i = 0; i < dn; i++) {
+      const begin = i * scale, end = begin + scale;
+      first[i] = cells.length;
+      for (let s = Math.floor(begin); s < Math.ceil(end - 1e-9); s++) {
+        const w = Math.min(end, s + 1) - Math.max(begin, s);
+        if (w > 1e-9) { cells.push(clampIndex(s, n)); weights.push(w); }
+      }
     }
-    return cells;
+    first[dn] = cells.length;
+    return { first, cells: Int32Array.from(cells), weights: Float64Array.from(weights) };
   };
-  const columns = Array.from({ length: dw }, (_, x) => weights(x, sx, sw));
-  for (let y = 0; y < dh; y++) {
-    const rowCells = weights(y, sy, sh);
+  const columns = cover(sx, dw, sw), rows = cover(sy, dh, sh);
+  const across = new Float64Array(sh * dw);  // each source row, summed over each output column's cells
+  for (let row = 0; row < sh; row++) {
+    const base = row * sw;
     for (let x = 0; x < dw; x++) {
       let sum = 0;
-      for (const [row, wy] of rowCells) {
-        const base = row * sw;
-        for (const [col, wx] of columns[x]) sum += src[base + col] * wx * wy;
-      }
+      for (let k = columns.first[x]; k < columns.first[x + 1]; k++) sum += src[base + columns.cells[k]] * columns.weights[k];
+      across[row * dw + x] = sum;
+    }
+  }
+  for (let y = 0; y < dh; y++) {
+    for (let x = 0; x < dw; x++) {
+      let sum = 0;
+      for (let k = rows.first[y]; k < rows.first[y + 1]; k++) sum += across[rows.cells[k] * dw + x] * rows.weights[k];
       out[y * dw + x] = Math.min(255, Math.max(0, roundHalfEven(sum / (sx * sy))));
     }
   }
