@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantize the model's ONNX graph to int8 (ONNX Runtime's static quantization: int8 weights per "
                     "channel, uint8 activations with ranges measured on random FER-2013 Training faces; the last "
                     "dense layer, softmax and average stay float), score it against the float graph on PublicTest "
-                    "and write it only if the accuracy drops by --max-drop points or less. The file records the "
+                    "and write it only if the accuracy drops by --max-drop points or less and no probability moves "
+                    "by more than --max-change. The file records the "
                     "fingerprint of the weights it came from: `serve` and `export-web` offer it to the Live view "
                     "while the model's weights are unchanged (the Photo view keeps the float model).")
     int8.add_argument("model", nargs="?", help="model stem or .json/.h5 path (default: $FERKIT_MODEL, else fer)")
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     int8.add_argument("--max-drop", type=float, default=quantize.MAX_DROP_POINTS, metavar="POINTS",
                       help="refuse to write the copy if its PublicTest accuracy is more than this many percentage "
                            "points below the float model's (default: %(default)s)")
+    int8.add_argument("--max-change", type=float, default=quantize.MAX_PROBABILITY_CHANGE, metavar="P",
+                      help="refuse to write the copy if any PublicTest probability moves by more than this "
+                           "(default: %(default)s)")
     int8.add_argument("--no-progress", action="store_true", help="no progress bar")
     int8.set_defaults(func=commands.cmd_quantize)
 

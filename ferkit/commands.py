@@ -260,15 +260,18 @@ def cmd_quantize(args) -> int | None:
     calibration = quantize.Calibration(faces=args.calibration_faces, seed=args.seed)
     _note(f"calibrating on {calibration.faces} random {calibration.split} faces (seed {calibration.seed}), "
           "then scoring PublicTest in float and int8")
-    result = quantize.quantize_model(stem, dataset, args.out, calibration=calibration, max_drop_points=args.max_drop)
+    result = quantize.quantize_model(stem, dataset, args.out, calibration=calibration, max_drop_points=args.max_drop,
+                                     max_probability_change=args.max_change)
     print(f"PublicTest accuracy: float {result.public_test_float:.4f}, int8 {result.public_test_int8:.4f} "
           f"({-result.drop_points:+.2f} points) on {result.faces} faces")
     print(f"largest probability change {result.max_probability_change:.4f} "
           f"(99th percentile of each face's largest: {result.p99_probability_change:.4f})")
     if result.path is None:
-        _note(f"error: {args.out or quantize.live_path(stem)}: not written: the int8 copy's PublicTest accuracy is "
-              f"{result.drop_points:.2f} points below the float model's, more than --max-drop {args.max_drop:g}; "
-              "try more --calibration-faces or another --seed")
+        why = (f"its PublicTest accuracy is {result.drop_points:.2f} points below the float model's, more than "
+               f"--max-drop {args.max_drop:g}" if result.drop_points > args.max_drop else
+               f"a probability moves by {result.max_probability_change:.3f}, more than --max-change {args.max_change:g}")
+        _note(f"error: {args.out or quantize.live_path(stem)}: not written: {why}; try more --calibration-faces or "
+              "another --seed (a small network may not keep its answers in int8: the Live view then runs it in float)")
         return 2
     _note(f"wrote {result.path} (from weights {result.fingerprint[:12]}...)")
     return None

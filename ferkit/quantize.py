@@ -9,7 +9,8 @@ measured (MinMax) on ``calibration_faces`` random FER-2013 Training faces
 softmax and the average over the members, so probabilities are computed in
 float from int8 features. The copy is then scored against the float32 graph
 on PublicTest (PrivateTest is never looked at here) and written only if its
-accuracy drops by ``max_drop_points`` or less.
+accuracy drops by ``max_drop_points`` or less and no probability moves by more
+than ``max_probability_change`` (the page shows probabilities).
 
 The file records in its ONNX ``metadata_props`` what it was made from:
 ``ferkit.weights_sha256`` (:func:`model_fingerprint`: the SHA-256 of the
@@ -47,6 +48,9 @@ LIVE_SUFFIX = ".int8.onnx"
 FINGERPRINT_KEY = "ferkit.weights_sha256"
 #: Largest PublicTest accuracy drop (percentage points) a copy may show and still be written (issue 41).
 MAX_DROP_POINTS = 0.3
+#: Largest change of any probability over PublicTest a copy may show and still be written: Live shows the
+#: probabilities, so a copy must give the model's answers, not only its accuracy (fer: 0.034; fer_lite: 0.16, refused).
+MAX_PROBABILITY_CHANGE = 0.05
 #: ONNX operators left in float: the probabilities are computed from int8 features, not rounded themselves.
 FLOAT_TAIL_OPS = ("Softmax", "Mean", "Identity")
 
@@ -120,15 +124,17 @@ def live_copy(stem: Path) -> tuple[Path | None, str]:
         return None, f"{path.name} records no {FINGERPRINT_KEY}"
     if recorded != model_fingerprint(stem):
         return None, (f"{path.name} was made from other weights than {stem.name}.h5 now holds; "
-                      f"make it again: python -m ferkit quantize {stem}")
+                      f"make it again: python -m ferkit quantize {stem} --data FER2013")
     return path, f"{path.name} matches {stem.name}.h5"
 
 
 def quantize_model(model: str | Path | None, dataset: FerDataset, output: str | Path | None = None, *,
-                   calibration: Calibration | None = None, max_drop_points: float = MAX_DROP_POINTS) -> Quantized:
+                   calibration: Calibration | None = None, max_drop_points: float = MAX_DROP_POINTS,
+                   max_probability_change: float = MAX_PROBABILITY_CHANGE) -> Quantized:
     """Make the int8 copy of ``model`` (stem or path), score it against the float32 graph on ``dataset``'s
     PublicTest, and write it to ``output`` (default STEM.int8.onnx beside the model, where the server looks) unless
-    its accuracy drops by more than ``max_drop_points`` (then ``path`` is None and nothing is written)."""
+    its accuracy drops by more than ``max_drop_points`` or any probability moves by more than
+    ``max_probability_change`` (then ``path`` is None and nothing is written)."""
     import onnx
 
     calibration = calibration or Calibration()
@@ -154,7 +160,7 @@ def quantize_model(model: str | Path | None, dataset: FerDataset, output: str | 
         result = Quantized(None, _accuracy(reference, public.labels), _accuracy(probabilities, public.labels),
                            float(change.max()), float(np.quantile(change.max(axis=1), 0.99)),
                            len(public.images), fingerprint, calibration)
-        if result.drop_points > max_drop_points:
+        if result.drop_points > max_drop_points or result.max_probability_change > max_probability_change:
             return result
         copy = onnx.load(str(quantized))
     copy.doc_string = f"int8 copy of {stem.name} for the page's Live view (ferkit.quantize)"

@@ -47,7 +47,7 @@ from ferkit.export import export_onnx
 from ferkit.faces import YUNET_MODEL, checked_yunet_model
 from ferkit.images import MAX_IMAGE_PIXELS
 from ferkit.model import ModelMeta, resolve_model
-from ferkit.quantize import LIVE_SUFFIX, live_copy, read_metadata
+from ferkit.quantize import LIVE_SUFFIX, live_copy, live_path, read_metadata
 from ferkit.settings import page_settings
 from ferkit.video_jobs import JOB_TTL_SECONDS, MAX_WAITING_JOBS, MAX_WORK_BYTES, QueueFull, VideoJobs
 from ferkit.web_assets import compressed_static_files, precompress
@@ -115,10 +115,11 @@ def prepare_models(names: list[str] | None, folder: Path) -> list[ModelEntry]:
 def _live_copy(stem: Path, target: Path) -> dict:
     """Copy the model's int8 copy (ferkit.quantize) to ``target`` where it was made from the model's current
     weights, and return index.json's live_* fields for it; else {} (the Live view runs the float model), with one
-    line on stderr saying why."""
+    line on stderr saying why where a copy lies beside the model but cannot be used."""
     source, why = live_copy(stem)
     if source is None:
-        print(f"ferkit: {stem.name}: the Live view runs the float model ({why})", file=sys.stderr)
+        if live_path(stem).exists():  # a copy that cannot be used is worth a word; no copy is the usual case
+            print(f"ferkit: {stem.name}: the Live view runs the float model ({why})", file=sys.stderr)
         return {}
     shutil.copyfile(source, target)
     try:

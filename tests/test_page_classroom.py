@@ -180,3 +180,35 @@ def test_a_model_switched_mid_session_is_recorded_with_each_frame(page):
     assert len({row["id"] for row in session["rows"]}) == 1  # the same person, one id across the switch
     csv_rows, _ = exports(page)
     assert [r["model"] for r in csv_rows] == [row["model"] for row in session["rows"]]
+
+
+def test_quick_switches_end_on_the_model_the_switch_shows(page):
+    start(page, "looking_away.y4m")
+    first = page.page.evaluate("window.ferkitState.model")  # the default: the smaller model, the quicker to load
+    other = next(name for name in page.page.locator("#model option").evaluate_all("(os) => os.map((o) => o.value)")
+                 if name != first)
+    for name in (other, first) * 3:  # each before the previous one has loaded; the larger one slower to load
+        page.page.select_option("#model", name)
+    page.page.wait_for_function("window.ferkitState.ready", timeout=120000)
+    page.page.wait_for_timeout(5000)  # an earlier choice arriving late must not take over
+    assert page.page.evaluate("window.ferkitState.model") == first == page.page.input_value("#model")
+    page.page.wait_for_function(f"window.ferkitState.session.frames.at(-1).model === {first!r}", timeout=60000)
+    session = stop(page)
+    assert not page.state()["error"]
+    assert session["settings"]["model"] == first and session["settings"]["models"][-1]["model"] == first
+
+
+def test_a_new_model_s_first_answer_is_not_averaged_with_the_old_one_s(page):
+    followed = page.page.evaluate("""async () => {
+        const { Tracker } = await import("./tracking.js");
+        const tracker = new Tracker({ min_iou: 0.3, max_missed: 10, smoothing: 0.6 });
+        const face = (happy) => ({ box: [10, 10, 50, 50], probabilities: { happy, sad: 1 - happy } });
+        const answers = [tracker.update([face(0.9)]), tracker.update([face(0.5)])];
+        tracker.restartSmoothing();
+        answers.push(tracker.update([face(0.2)]), tracker.update([face(0.4)]));
+        return answers.map(([{ id, probabilities }]) => [id, probabilities.happy]); }""")
+    ids, happy = zip(*followed)
+    assert ids == (0, 0, 0, 0)  # the same person throughout
+    assert happy[1] == pytest.approx(0.6 * 0.9 + 0.4 * 0.5)  # smoothed while one model answers
+    assert happy[2] == pytest.approx(0.2)  # the new model's first answer, alone
+    assert happy[3] == pytest.approx(0.6 * 0.2 + 0.4 * 0.4)  # then smoothed again

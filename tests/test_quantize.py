@@ -31,7 +31,7 @@ def small_model(stem, seed):
 def test_the_int8_copy_records_its_weights_and_is_served_only_while_they_hold(real_fer2013, tmp_path, capsys):
     stem = small_model(tmp_path / "small", seed=0)
     assert main(["quantize", str(stem), "--data", str(real_fer2013), "--calibration-faces", "40", "--seed", "3",
-                 "--no-progress"]) == 0
+                 "--max-change", "1", "--no-progress"]) == 0  # a small random network: only the mechanics here
     printed = capsys.readouterr()
     copy = tmp_path / "small.int8.onnx"  # beside the model, where the server looks
     assert "PublicTest accuracy: float" in printed.out and "largest probability change" in printed.out
@@ -65,6 +65,12 @@ def test_the_int8_copy_records_its_weights_and_is_served_only_while_they_hold(re
     assert not (tmp_path / "site2" / "small.int8.onnx").exists()
     lines = [line for line in capsys.readouterr().err.splitlines() if "small.int8.onnx" in line]
     assert len(lines) == 1 and "other weights" in lines[0], lines
+    assert "--data" in lines[0]  # the command to run, whole
+
+    # No copy at all, the usual case (fer_lite has none): nothing to say.
+    quantize.live_path(stem).unlink()
+    [entry] = server.prepare_models([str(stem)], tmp_path / "site3")
+    assert entry.live == {} and "Live view" not in capsys.readouterr().err
 
 
 def test_a_copy_that_loses_too_much_accuracy_is_not_written(real_fer2013, tmp_path, capsys):
@@ -100,3 +106,14 @@ def test_the_shipped_fer_has_a_live_copy_of_its_current_weights(tmp_path):
         shutil.copy(SHIPPED_MODELS / f"fer_lite{suffix}", tmp_path / f"fer{suffix}")
     shutil.copy(path, tmp_path / "fer.int8.onnx")
     assert quantize.live_copy(tmp_path / "fer")[0] is None
+
+
+def test_a_copy_whose_probabilities_move_too_much_is_not_written(real_fer2013, tmp_path, capsys):
+    stem = small_model(tmp_path / "small", seed=0)
+    out = tmp_path / "refused.int8.onnx"
+    # --max-change -1: no copy can keep every probability within a negative distance
+    status = main(["quantize", str(stem), "--data", str(real_fer2013), "--calibration-faces", "20", "--out", str(out),
+                   "--max-drop", "100", "--max-change", "-1", "--no-progress"])
+    captured = capsys.readouterr()
+    assert status == 2 and not out.exists()
+    assert "not written: a probability moves by" in captured.err and "--max-change -1" in captured.err

@@ -74,10 +74,14 @@ async function loadModels() {
   await useModel(first.name);
 }
 
+// The model info line, what matters first (a narrow screen shows its start): accuracy, what each view downloads
+// and runs, then size and architecture, then the speed measured here.
 function describe(entry) {
-  const parts = [entry.architecture, `${(entry.parameters / 1e6).toFixed(1)}M parameters`, `${entry.onnx_megabytes} MB`];
+  const parts = [];
   if (entry.accuracy && entry.accuracy.PrivateTest) parts.push(`PrivateTest ${(100 * entry.accuracy.PrivateTest).toFixed(1)}%`);
-  if (entry.live_url) parts.push(`Live: int8 copy, ${entry.live_megabytes} MB`);
+  parts.push(entry.live_url ? `Live: int8 copy, ${entry.live_megabytes} MB · Photo: float, ${entry.onnx_megabytes} MB`
+    : `${entry.onnx_megabytes} MB`);
+  parts.push(`${(entry.parameters / 1e6).toFixed(1)}M parameters`, entry.architecture);
   const measured = entry.classifierMs || {};
   for (const [kind, ms] of Object.entries(measured)) {
     parts.push(`${ms.toFixed(1)} ms per face here${entry.live_url ? ` (${kind === "live" ? "Live, int8" : "Photo, float"})` : ""}`);
@@ -98,6 +102,7 @@ async function prepareClassifier(view) {
   const face = new Uint8Array(entry.input_size * entry.input_size).fill(128);
   const times = [];
   for (let i = 0; i < 6; i++) {
+    if (pipeline !== mine) return;  // switched meanwhile: the replaced pipeline answers no more calls
     const started = performance.now();
     await mine.classify([face], { live });
     if (i) times.push(performance.now() - started);
@@ -107,13 +112,31 @@ async function prepareClassifier(view) {
   $("model-info").textContent = $("model-info").title = describe(entry);
 }
 
+// Each choice of model is numbered: only the latest one chosen takes over when it has loaded, so switches made in
+// quick succession end on the model the switch shows, whatever order their files arrive in.
+let modelChoice = 0;
+
 async function useModel(name) {
-  const entry = index.models.find((m) => m.name === name);
+  const choice = ++modelChoice, entry = index.models.find((m) => m.name === name);
   setStatus(`loading ${name}…`);
   state.ready = false;
-  pipeline = await createPipeline(ort, { detectorUrl: index.detector.url, modelUrl: entry.url,
+  let created;
+  try {
+    created = await createPipeline(ort, { detectorUrl: index.detector.url, modelUrl: entry.url,
                                           liveModelUrl: entry.live_url, live: needsLiveClassifier(shownView()),
                                           meta: entry, search: index.detector });
+  } catch (error) {
+    if (choice !== modelChoice) return;  // a later choice is loading, or loaded: this one no longer matters
+    if (state.model) $("model").value = state.model;  // the switch shows the model that still runs
+    throw error;
+  }
+  if (choice !== modelChoice) {
+    created.retire?.();
+    return;
+  }
+  const replaced = pipeline;
+  pipeline = created;
+  if (replaced && replaced !== created) replaced.retire?.();
   state.model = name;
   state.ready = booted;
   liveModelChanged(entry);
@@ -197,6 +220,7 @@ function liveModelChanged(entry) {
   const names = live.session.settings.classNames;
   if (names.length === entry.class_names.length && names.every((name, i) => name === entry.class_names[i])) {
     live.session.switchModel(entry.name);
+    live.tracker.restartSmoothing();
   } else {
     newSession();
   }

@@ -45,9 +45,8 @@ class WorkerPipeline {
   }
 }
 
-let current = null;
-
-// Pipeline.create's arguments; the runtime's threads and file location are taken from `ort.env.wasm`.
+// Pipeline.create's arguments; the runtime's threads and file location are taken from `ort.env.wasm`. The caller
+// retires the pipeline it replaces (and one it no longer wants) with retire(), where it has one.
 export async function createPipeline(ort, options) {
   const wasmPaths = ort.env.wasm.wasmPaths, threads = ort.env.wasm.numThreads;
   let created;
@@ -60,7 +59,5 @@ export async function createPipeline(ort, options) {
     console.warn("inference in the page's thread: no worker", error);
     created = await Pipeline.create(ort, options);
   }
-  if (current && current.retire) current.retire();
-  current = created;
   return created;
 }

@@ -12,6 +12,12 @@ export class Tracker {
     this.nextId = 0;
   }
 
+  // Another model classifies from the next frame on: each track's next probabilities replace its average instead
+  // of joining it (ids, boxes and missed counts stay), so no frame of the new model mixes in the old one's answers.
+  restartSmoothing() {
+    for (const track of this.tracks.values()) track.restart = true;
+  }
+
   // faces: [{box, probabilities}] of one frame -> [{id, probabilities (smoothed)}], in the faces' order.
   update(faces) {
     const pairs = [];
@@ -28,6 +34,10 @@ export class Tracker {
         id = this.nextId++;
         track = { probabilities: { ...face.probabilities } };
         this.tracks.set(id, track);
+      } else if (this.tracks.get(id).restart) {
+        track = this.tracks.get(id);
+        track.probabilities = { ...face.probabilities };
+        track.restart = false;
       } else {
         track = this.tracks.get(id);
         for (const name of Object.keys(face.probabilities)) {
