@@ -34,16 +34,14 @@ export class Tracker {
         id = this.nextId++;
         track = { probabilities: { ...face.probabilities } };
         this.tracks.set(id, track);
-      } else if (this.tracks.get(id).restart) {
-        track = this.tracks.get(id);
-        track.probabilities = { ...face.probabilities };
-        track.restart = false;
       } else {
         track = this.tracks.get(id);
+        // After restartSmoothing the new answer stands alone; otherwise it joins the track's average.
+        const past = track.restart ? 0 : this.smoothing;
         for (const name of Object.keys(face.probabilities)) {
-          track.probabilities[name] = this.smoothing * track.probabilities[name]
-            + (1 - this.smoothing) * face.probabilities[name];
+          track.probabilities[name] = past * track.probabilities[name] + (1 - past) * face.probabilities[name];
         }
+        track.restart = false;
       }
       track.box = face.box;
       track.missed = 0;
