@@ -285,11 +285,15 @@ def main() -> None:
                  "ready": ready, "analyse": "ferkitAnalyseFrame",
                  "options": {"live": True, "detectEvery": 1}},
                 {"label": "lever: 320 px, detector every 2nd frame, main thread", "url": lite + "&worker=0",
-                 "ready": ready, "analyse": "ferkitAnalyseFrame", "options": {"live": True}},
-                {"label": "lever: 320 px, every 2nd frame, worker (the live view)", "url": lite, "ready": ready,
-                 "analyse": "ferkitAnalyseFrame", "options": {"live": True}},
+                 "ready": ready, "analyse": "ferkitAnalyseFrame", "options": {"live": True, "detectEvery": 2}},
+                {"label": "lever: 320 px, every 2nd frame, worker", "url": lite, "ready": ready,
+                 "analyse": "ferkitAnalyseFrame", "options": {"live": True, "detectEvery": 2}},
                 {"label": "lever: 320 px, every 3rd frame, worker", "url": lite, "ready": ready,
                  "analyse": "ferkitAnalyseFrame", "options": {"live": True, "detectEvery": 3}},
+                {"label": "lever: 320 px, once the boxes are 60 ms old, worker (the live view)", "url": lite,
+                 "ready": ready, "analyse": "ferkitAnalyseFrame", "options": {"live": True}},
+                {"label": "lever: `fer`, every 2nd frame (the live view before 2026-12-07)", "url": f"{ours}?model=fer",
+                 "ready": ready, "analyse": "ferkitAnalyseFrame", "options": {"live": True, "detectEvery": 2}},
             ]
         y4m = write_y4m(Path(tempfile.mkdtemp()) / "face.y4m", scenes["one face"][110:370, 190:450])
         with sync_playwright() as playwright:

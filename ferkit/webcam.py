@@ -251,9 +251,9 @@ def _faces_message(predictor, image_bgr: np.ndarray, display_width: int) -> dict
     scale = display_width / image_bgr.shape[1] if display_width else 1.0
     faces = []
     for face in result.faces:
-        faces.append({"box": list(face.box), "scale": scale, "text": f"{face.label} {face.score:.0%}",
-                      "color": css_color(EMOTION_COLORS.get(face.label, UNKNOWN_COLOR)), "label": face.label,
-                      "score": face.score})
+        # drawing.js's face: the text it draws ("happy 80%") is made there from label and score
+        faces.append({"box": list(face.box), "scale": scale, "label": face.label, "score": face.score,
+                      "color": css_color(EMOTION_COLORS.get(face.label, UNKNOWN_COLOR))})
     return {"type": "faces", "faces": faces}
 
 

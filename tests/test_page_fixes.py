@@ -359,3 +359,17 @@ def test_a_video_jobs_error_names_no_path_on_the_server(tmp_path):
     assert "holiday.mp4" in reason and "video.webm" in reason, reason
     assert str(tmp_path) not in reason and tempfile.gettempdir() + os.sep not in reason, reason
     assert jobs.unknown_model("fer") is None and "unknown model 'x'; this server offers fer" == jobs.unknown_model("x")
+
+
+def test_an_unknown_model_in_the_address_is_named_not_swapped_silently(server, browser):  # noqa: F811
+    """?model=NAME with no such model: the page runs its default and says so, naming the models it has."""
+    index = json.loads(urllib.request.urlopen(server + "models/index.json").read())
+    page = Page(browser, server + "?model=no_such_model", None)
+    try:
+        assert page.state()["model"] == index["default_model"]
+        status = page.page.text_content("#status")
+        assert 'no model named "no_such_model"' in status and f"running {index['default_model']}" in status, status
+        assert all(m["name"] in status for m in index["models"]), status
+        assert "problem" in page.page.get_attribute("#status", "class")
+    finally:
+        page.page.close()

@@ -154,3 +154,52 @@ def test_float16_weights_keep_privatetest_accuracy(real_fer2013, tmp_path):
     (full_accuracy, full_p), (half_accuracy, half_p) = map(accuracy_and_probabilities, (full, half))
     assert abs(half_accuracy - full_accuracy) <= 0.003, (full_accuracy, half_accuracy)
     assert np.abs(half_p - full_p).max() <= 0.01  # well within the page == Predictor tolerance (0.02)
+
+
+#: The frame times the Live search cadence is checked on (ms): a 30 fps camera, a stream analysed at 50 frames a
+#: second, a clock that goes back (a new stream), and frames analysed every 5 ms.
+CADENCE = """async (times) => {
+  const { Pipeline, LIVE_SEARCH_INTERVAL_MS } = await import("./pipeline.js");
+  const searched = [];
+  let now = 0;
+  const empty = (n) => ({ data: new Float32Array(n) });
+  const detector = { inputNames: ["input"], run: async () => {
+    searched.push(now);
+    const outputs = {};
+    for (const s of [8, 16, 32]) {  // a 64 x 64 input: no face anywhere
+      const cells = (64 / s) ** 2;
+      Object.assign(outputs, { ["cls_" + s]: empty(cells), ["obj_" + s]: empty(cells), ["bbox_" + s]: empty(4 * cells),
+                               ["kps_" + s]: empty(10 * cells) });
+    }
+    return outputs;
+  } };
+  const ort = { Tensor: class { constructor(type, data, dims) { Object.assign(this, { type, data, dims }); } } };
+  const pipeline = new Pipeline(ort, detector, null, {}, { min_face_score: 0.6, score_floor: 0.3, nms_threshold: 0.3,
+                                                           top_k: 50 });
+  const frame = { width: 64, height: 48, data: new Uint8ClampedArray(64 * 48 * 4) };
+  for (const time of times) { now = time; await pipeline.detectLive(frame, { time }); }
+  now = "another size";
+  await pipeline.detectLive({ width: 48, height: 64, data: frame.data }, { time: times[times.length - 1] });
+  return { searched, interval: LIVE_SEARCH_INTERVAL_MS };
+}"""
+
+
+def test_live_searches_for_faces_by_the_boxes_age_not_by_frame_count(server, browser):  # noqa: F811
+    """The Live view's detector runs once the boxes it last found are LIVE_SEARCH_INTERVAL_MS old: every 2nd frame
+    of a 30 fps camera, as before; fewer of frames that come faster; at once on a clock that went back or a frame of
+    another size."""
+    page = browser.new_page()
+    try:
+        page.goto(server)
+        camera = [k * 1000 / 30 for k in range(9)]
+        result = page.evaluate(CADENCE, camera)
+        assert result["interval"] == 60
+        assert result["searched"] == camera[::2] + ["another size"]
+        fast = [k * 20.0 for k in range(10)]  # boxes 20, 40 ms old: kept; 60: searched again
+        assert page.evaluate(CADENCE, fast)["searched"] == [0, 60, 120, 180, "another size"]
+        back = [1000, 1020, 5, 25, 70]
+        assert page.evaluate(CADENCE, back)["searched"] == [1000, 5, 70, "another size"]
+        quick = [k * 5.0 for k in range(30)]
+        assert page.evaluate(CADENCE, quick)["searched"] == [0, 60, 120, "another size"]
+    finally:
+        page.close()

@@ -72,6 +72,10 @@ async function loadModels() {
     || index.models[0];
   select.value = first.name;
   await useModel(first.name);
+  if (asked && first.name !== asked) {  // a mistyped or removed name: say which model runs instead
+    const served = index.models.map((m) => m.name).join(", ");
+    setStatus(`no model named "${asked}" here (${served}); running ${first.name}`, true);
+  }
 }
 
 // The model info line, what matters first (a narrow screen shows its start): accuracy, what each view downloads

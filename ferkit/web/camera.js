@@ -11,6 +11,12 @@ function ferkitExplain(error) {
   return String((error && error.message) || error);
 }
 
+// The notebook's live mode (widget.js, colab_live.js): the camera asked for at this width, and the small frames
+// sent to the kernel as JPEGs of this quality (the kernel classifies 48x48 faces; 0.7 keeps each frame small).
+// `var`, not `const`: Colab evaluates this script again on every eval_js call, and a `var` may be declared again.
+var FERKIT_LIVE_CAMERA_WIDTH = 640;
+var FERKIT_LIVE_JPEG_QUALITY = 0.7;
+
 async function ferkitOpenCamera(root, width) {
   if (!window.isSecureContext) throw new Error("insecure context: the page must be served over https or from localhost");
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw new Error("this browser has no camera API");

@@ -6,8 +6,13 @@ async function ferkitStream(facesJson, width) {
   if (!window.ferkitLive) {
     const root = document.createElement("div");
     document.body.appendChild(root);
-    try { window.ferkitLive = {camera: await ferkitOpenCamera(root, 640), root, stop: false, meter: ferkitFrameRateMeter()}; }
-    catch (error) { root.remove(); return "error:" + ferkitExplain(error); }
+    try {
+      const camera = await ferkitOpenCamera(root, FERKIT_LIVE_CAMERA_WIDTH);
+      window.ferkitLive = {camera, root, stop: false, meter: ferkitFrameRateMeter()};
+    } catch (error) {
+      root.remove();
+      return "error:" + ferkitExplain(error);
+    }
     const stop = document.createElement("button");
     stop.textContent = "Stop";
     stop.onclick = () => { window.ferkitLive.stop = true; };
@@ -17,5 +22,6 @@ async function ferkitStream(facesJson, width) {
   const live = window.ferkitLive;
   if (live.stop) { ferkitClose(live.camera, live.root); window.ferkitLive = null; return "stop"; }
   ferkitDrawOverlay(live.overlay, live.camera.video, JSON.parse(facesJson), live.meter.tick());
-  return JSON.stringify({frame: ferkitFrame(live.camera.video, width, 0.7), width: live.camera.video.videoWidth});
+  const frame = ferkitFrame(live.camera.video, width, FERKIT_LIVE_JPEG_QUALITY);
+  return JSON.stringify({frame, width: live.camera.video.videoWidth});
 }

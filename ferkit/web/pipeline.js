@@ -26,10 +26,11 @@ export function roundHalfEven(value) {
   return floor % 2 === 0 ? floor : floor + 1;
 }
 
-// The live view's detector input: about this many pixels on the frame's longest side, and a detector pass on
-// every this-many frames (see Pipeline.detectLive).
+// The live view's detector input: about this many pixels on the frame's longest side, and a detector pass once
+// the boxes last found are this many milliseconds old (see Pipeline.detectLive): every 2nd frame of a 30 fps camera
+// (frames 33 ms apart, give or take a few).
 export const LIVE_SIDE = 320;
-export const LIVE_DETECT_EVERY = 2;
+export const LIVE_SEARCH_INTERVAL_MS = 60;
 
 // RGBA ImageData -> the detector's input: planar B, G, R float32 (1, 3, H', W'), zero-padded to multiples of 32;
 // with factor > 1, each factor x factor block averaged into one pixel (the live view's shrunk search).
@@ -362,12 +363,19 @@ export class Pipeline {
   }
 
   // Live frames, for speed (docs/experiments/page-speed.md): the detector searches the frame shrunk by a whole
-  // factor to about LIVE_SIDE pixels on its longest side (block averages, as cheap as a copy), and runs on every
-  // LIVE_DETECT_EVERY-th frame only; the frames between classify the faces at the boxes last found.
-  // side and every: other settings, for benchmarks/bench_page.py's comparisons.
-  async detectLive(image, { side = LIVE_SIDE, every = LIVE_DETECT_EVERY } = {}) {
+  // factor to about LIVE_SIDE pixels on its longest side (block averages, as cheap as a copy), and runs once the
+  // boxes last found are LIVE_SEARCH_INTERVAL_MS old; the frames between classify the faces at those boxes. The
+  // bound is in time, not frames, so boxes are as fresh whatever the rate frames come at: every 2nd frame of a
+  // 30 fps camera, every 4th of a 60 fps one, fewer of a stream analysed faster than that. time: the frame's time in
+  // ms (default: now, this thread's clock). every: a pass on every this-many frames instead (for comparisons).
+  async detectLive(image, { side = LIVE_SIDE, time = performance.now(), every } = {}) {
     const sameSize = this.live && this.live.width === image.width && this.live.height === image.height;
-    if (sameSize && ++this.live.frame % every !== 0) return this.live.faces;
+    if (sameSize) {
+      this.live.frame += 1;
+      const age = time - this.live.time;  // a clock that went back (a new stream) or none: search now
+      const due = every ? this.live.frame % every === 0 : !(age >= 0 && age < LIVE_SEARCH_INTERVAL_MS);
+      if (!due) return this.live.faces;
+    }
     const factor = Math.max(1, Math.round(Math.max(image.width, image.height) / side));
     const { blob, paddedW, paddedH } = detectorInput(image, factor);
     const input = new this.ort.Tensor("float32", blob, [1, 3, paddedH, paddedW]);
@@ -377,7 +385,7 @@ export class Pipeline {
       .map((face) => ({ box: face.box.map((v) => roundHalfEven(v * factor)), score: face.score,
                         landmarks: face.landmarks.map(([lx, ly]) => [lx * factor, ly * factor]) }));
     const faces = clipAndSort(found, image);
-    this.live = { width: image.width, height: image.height, frame: 0, faces };
+    this.live = { width: image.width, height: image.height, frame: 0, time, faces };
     return faces;
   }
 
@@ -386,9 +394,10 @@ export class Pipeline {
   // live: the live view's faster search (detectLive) and classifier (the int8 copy where the model has one); photos
   // and Predictor-equal answers leave it off. liveClassifier false: live frames through the float classifier
   // (benchmarks/bench_page.py's comparison).
-  async analyse(image, { upscaleSearch = false, live = false, liveSide, detectEvery, liveClassifier = true } = {}) {
+  async analyse(image, { upscaleSearch = false, live = false, liveSide, time, detectEvery,
+                         liveClassifier = true } = {}) {
     const t0 = performance.now();
-    const found = live ? await this.detectLive(image, { side: liveSide, every: detectEvery })
+    const found = live ? await this.detectLive(image, { side: liveSide, time, every: detectEvery })
       : await this.detect(image, { upscaleSearch });
     const t1 = performance.now();
     const { face_margin: margin, face_offset: offset, face_align: align, face_low_contrast: lowContrast } = this.meta;

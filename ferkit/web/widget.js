@@ -24,7 +24,7 @@ function render({model, el}) {
   const send = () => {
     if (!running) return;
     // The FPS travels with each frame: the kernel's copy of it is what Python reads.
-    model.send({type: "frame", data: ferkitFrame(camera.video, model.get("frame_width"), 0.7),
+    model.send({type: "frame", data: ferkitFrame(camera.video, model.get("frame_width"), FERKIT_LIVE_JPEG_QUALITY),
                 width: camera.video.videoWidth, fps: lastFps});
   };
   model.on("msg:custom", (message) => {
@@ -41,7 +41,7 @@ function render({model, el}) {
     model.set("running", false);
     model.save_changes();
   };
-  ferkitOpenCamera(root, 640).then((opened) => {
+  ferkitOpenCamera(root, FERKIT_LIVE_CAMERA_WIDTH).then((opened) => {
     camera = opened;
     overlay = ferkitOverlay(camera);
     root.appendChild(stop);
