@@ -203,3 +203,61 @@ def test_live_searches_for_faces_by_the_boxes_age_not_by_frame_count(server, bro
         assert page.evaluate(CADENCE, quick)["searched"] == [0, 60, 120, "another size"]
     finally:
         page.close()
+
+
+#: Two stills analysed as Live frames (?detectEvery 1: both searched): one after the other, then both at once.
+TWO_FRAMES = """async (pngs) => {
+  if (window.videoFramesMade !== undefined) window.videoFramesMade = 0;  // the test's frames only
+  const canvases = await Promise.all(pngs.map(async (png) => {
+    const image = new Image();
+    image.src = "data:image/png;base64," + png;
+    await image.decode();
+    const canvas = Object.assign(document.createElement("canvas"), { width: image.width, height: image.height });
+    canvas.getContext("2d").drawImage(image, 0, 0);
+    return canvas;
+  }));
+  const analyse = (canvas) => window.ferkitAnalyseFrame(canvas, { live: true, detectEvery: 1 });
+  const apart = [];
+  for (const canvas of canvases) apart.push(await analyse(canvas));
+  const together = await Promise.all(canvases.map(analyse));
+  return { apart, together, videoFrames: window.videoFramesMade ?? null };
+}"""
+
+COUNT_VIDEO_FRAMES = """{
+  const Made = window.VideoFrame;
+  window.videoFramesMade = 0;
+  window.VideoFrame = function (...args) { window.videoFramesMade += 1; return new Made(...args); };
+}"""
+
+
+def test_the_worker_reads_live_frames_itself_with_the_same_answers(server, browser, scene):  # noqa: F811
+    """Live frames handed to the worker as VideoFrames (their pixels copied there, into a buffer kept from frame to
+    frame) give the answers of frames read in the page (?worker=0, and a browser without VideoFrame), also with two
+    frames in flight at once."""
+    import cv2
+
+    from tests.test_webapp import Page
+
+    still = cv2.imread(str(scene))
+    pngs = [base64.b64encode(cv2.imencode(".png", image)[1].tobytes()).decode()
+            for image in (still, np.ascontiguousarray(still[:, ::-1]))]
+    answers = {}
+    for name, query, script in [("worker", "", COUNT_VIDEO_FRAMES), ("page", "&worker=0", None),
+                                ("no VideoFrame", "", "delete window.VideoFrame;")]:
+        page = Page(browser, server + "?model=fer_lite" + query, None,
+                    setup=(lambda p, s=script: p.add_init_script(s)) if script else None)
+        try:
+            if page.page.is_enabled("#live-stop"):  # the camera started by itself: its frames are not the test's
+                page.page.click("#live-stop")
+            answers[name] = page.page.evaluate(TWO_FRAMES, pngs)
+        finally:
+            page.page.close()
+    worker = answers["worker"]
+    assert worker["videoFrames"] == 4  # each frame went to the worker as a VideoFrame: no fallback
+    assert [len(faces) for faces in worker["apart"]] == [2, 2]
+    for name, result in answers.items():
+        for faces, expected in zip(result["apart"] + result["together"], worker["apart"] * 2):
+            assert [f["box"] for f in faces] == [f["box"] for f in expected], name
+            for ours, theirs in zip(faces, expected):
+                for label, p in theirs["probabilities"].items():
+                    assert abs(ours["probabilities"][label] - p) < 1e-5, (name, label)

@@ -6,7 +6,7 @@
 // Scripting hook: window.ferkitState = {fps, latencyMs, model, faces: [{box, label, score, probabilities}]},
 // updated on every analysed frame and photo, plus `ready` once the models are loaded and `error` if a step fails,
 // and `session`, the Live session's history (session.js) that the session panel draws and exports.
-import { createPipeline } from "./inference.js";
+import { analyseSource, createPipeline } from "./inference.js";
 import { el, download, jsonBlob } from "./dom.js";
 import { clearPhoto, setupPhoto } from "./photo.js";
 import { setupVideo } from "./video.js";
@@ -183,7 +183,7 @@ function followFaces(faces, now) {
   live.session.record(now, faces);
 }
 
-const live = { camera: null, running: false, overlay: null, grab: null, meter: null, tracker: null, session: null,
+const live = { camera: null, running: false, overlay: null, meter: null, tracker: null, session: null,
                source: null };
 let panel = null;  // the session panel (session_panel.js), made in main()
 
@@ -197,7 +197,6 @@ async function startLive() {
   if (source.kind === "camera") fillSourcePicker($("live-source"));  // the cameras' names, now that one is allowed
   live.overlay = ferkitOverlay(live.camera);
   watchNewFrames(live.camera.video);
-  live.grab = document.createElement("canvas");
   live.source = `${source.kind}: ${live.camera.label}`;
   newSession();
   panel.running(true);
@@ -268,28 +267,22 @@ async function liveStep() {
   if (video.readyState >= 2 && video.videoWidth && newFrameReady(performance.now())) {
     live.frameAnalysedAt = performance.now();
     try {
-      const t0 = performance.now();
-      live.grab.width = video.videoWidth;
-      live.grab.height = video.videoHeight;
-      const grabContext = live.grab.getContext("2d", { willReadFrequently: true });
-      grabContext.drawImage(video, 0, 0);
-      const frame = grabContext.getImageData(0, 0, live.grab.width, live.grab.height);
-      const t1 = performance.now();
-      const { faces, timings } = await analyser.analyse(frame, { live: true });  // hands the frame's pixels over
+      const t0 = performance.now(), width = video.videoWidth, height = video.videoHeight;
+      const { faces, timings } = await analyseSource(analyser, video, { live: true });
       const t2 = performance.now();
       // Stopped (or stopped and started again) while this frame was analysed: it belongs to no session, and the
       // new session's loop is already running. The model switched meanwhile: the frame is the old model's.
       if (!live.running || live.session !== session) return;
       if (pipeline !== analyser) { requestAnimationFrame(liveStep); return; }
       followFaces(faces, t2);
-      live.overlay.width = frame.width;
-      live.overlay.height = frame.height;
+      live.overlay.width = width;
+      live.overlay.height = height;
       ferkitDrawFaces(live.overlay.getContext("2d"), faces, palette());
       drawBars($("live-bars"), faces);
       panel.refresh();
       const t3 = performance.now();
       const fps = live.meter.tick(t3);
-      const latencyMs = { frame: t1 - t0, ...timings, drawing: t3 - t2, total: t3 - t0 };
+      const latencyMs = { ...timings, drawing: t3 - t2, total: t3 - t0 };
       state.frames += 1;
       publish(faces, latencyMs, fps);
       succeed();
@@ -303,8 +296,8 @@ async function liveStep() {
 
 function snapshot() {
   const canvas = document.createElement("canvas");
-  canvas.width = live.grab.width;
-  canvas.height = live.grab.height;
+  canvas.width = live.camera.video.videoWidth;
+  canvas.height = live.camera.video.videoHeight;
   const context = canvas.getContext("2d");
   context.drawImage(live.camera.video, 0, 0);
   context.drawImage(live.overlay, 0, 0);
@@ -364,8 +357,7 @@ async function main() {
 // options: pipeline.analyse's, to compare settings (default: the live view's, with its classifier: the model's int8
 // copy where index.json gives one).
 window.ferkitAnalyseFrame = async (canvas, options = { live: true }) => {
-  const frame = canvas.getContext("2d", { willReadFrequently: true }).getImageData(0, 0, canvas.width, canvas.height);
-  return (await pipeline.analyse(frame, options)).faces;
+  return (await analyseSource(pipeline, canvas, options)).faces;
 };
 
 main().catch(fail);

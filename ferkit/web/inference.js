@@ -32,6 +32,24 @@ class WorkerPipeline {
     return this.call("analyse", { image: plain, options }, options.live ? [image.data.buffer] : []);
   }
 
+  // source: a <video> or <canvas> showing the frame. Its pixels are read in the worker: a VideoFrame handed over
+  // and copied there into a buffer kept from frame to frame (no copy on this thread, no new buffer each frame);
+  // where this browser cannot (no VideoFrame, or no RGBA copy of one), read here as before, from then on.
+  async analyseSource(source, options = {}) {
+    if (this.frames !== false && typeof VideoFrame === "function") {
+      let frame = null;
+      try {
+        frame = new VideoFrame(source, { timestamp: 0 });
+        return await this.call("analyseFrame", { frame, options }, [frame]);
+      } catch (error) {
+        frame?.close();  // still here where the call never handed it over
+        if (frame && !String(error.message).startsWith(NO_FRAME_COPY)) throw error;  // the analysis failed
+        this.frames = false;
+      }
+    }
+    return readAndAnalyse(this, source, options);
+  }
+
   // options.live: the live classifier (the model's int8 copy where it has one), else the photo one (float).
   classify(crops, options = {}) { return this.call("classify", { crops, options }); }
 
@@ -43,6 +61,33 @@ class WorkerPipeline {
     this.retired = true;
     if (this.pending.size === 0) this.worker.terminate();
   }
+}
+
+// The worker's answer where it cannot copy a VideoFrame's pixels (analyseSource then reads them in the page).
+export const NO_FRAME_COPY = "no RGBA copy of a VideoFrame";
+
+// A <video> or <canvas>'s frame as ImageData, read in this thread (through one canvas, kept for the next frame).
+let readCanvas = null;
+export function readPixels(source) {
+  const width = source.videoWidth || source.width, height = source.videoHeight || source.height;
+  readCanvas ??= document.createElement("canvas");
+  Object.assign(readCanvas, { width, height });
+  const context = readCanvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(source, 0, 0);
+  return context.getImageData(0, 0, width, height);
+}
+
+async function readAndAnalyse(pipeline, source, options) {
+  const started = performance.now(), image = readPixels(source), read = performance.now() - started;
+  const result = await pipeline.analyse(image, options);
+  return { ...result, timings: { frame: read, ...result.timings } };
+}
+
+// One frame of `source` (a <video> or <canvas>) through any pipeline createPipeline made -> pipeline.analyse's
+// {faces, timings}, timings.frame: the pixels' read. The worker's pipeline reads them itself
+// (WorkerPipeline.analyseSource); the in-page one from readPixels.
+export function analyseSource(pipeline, source, options = {}) {
+  return pipeline.analyseSource ? pipeline.analyseSource(source, options) : readAndAnalyse(pipeline, source, options);
 }
 
 // Pipeline.create's arguments; the runtime's threads and file location are taken from `ort.env.wasm`. The caller

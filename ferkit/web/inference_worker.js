@@ -1,12 +1,30 @@
 // The page's inference off the main thread: a classic worker holding ONNX Runtime Web and one Pipeline
 // (pipeline.js), so detection, cropping and classification never block drawing, input or scrolling.
-// Driven by inference.js: messages {id, type: "create" | "analyse" | "classify" | "prepare", args}, answered with
-// {id, result} or {id, error}.
+// Driven by inference.js: messages {id, type: "create" | "analyse" | "analyseFrame" | "classify" | "prepare", args},
+// answered with {id, result} or {id, error}.
 /* global ort, importScripts */
 importScripts("vendor/onnxruntime-web/ort.wasm.min.js");
 
 const modules = import("./pipeline.js");  // pipeline.js is an ES module; a classic worker imports it dynamically
+const NO_FRAME_COPY = "no RGBA copy of a VideoFrame";  // inference.js's, which reads the pixels itself then
 let pipeline = null;
+let spare = null;  // the last frame's pixel buffer, for the next frame of the same size
+
+// A VideoFrame's pixels as {width, height, data: RGBA bytes}, copied into the spare buffer where it fits (a
+// frame analysed meanwhile holds it: then a new one). The frame is closed.
+async function framePixels(frame) {
+  const width = frame.displayWidth, height = frame.displayHeight, size = width * height * 4;
+  const data = spare && spare.length === size ? spare : new Uint8ClampedArray(size);
+  spare = null;
+  try {
+    await frame.copyTo(data, { format: "RGBA" });
+  } catch (error) {
+    throw new Error(`${NO_FRAME_COPY}: ${(error && error.message) || error}`);
+  } finally {
+    frame.close();
+  }
+  return { width, height, data };
+}
 
 const handlers = {
   async create({ wasmPaths, threads, options }) {
@@ -17,6 +35,15 @@ const handlers = {
     return null;
   },
   analyse: ({ image, options }) => pipeline.analyse(image, options),
+  async analyseFrame({ frame, options }) {
+    const started = performance.now(), image = await framePixels(frame), read = performance.now() - started;
+    try {
+      const result = await pipeline.analyse(image, options);
+      return { ...result, timings: { frame: read, ...result.timings } };
+    } finally {
+      spare = image.data;
+    }
+  },
   classify: ({ crops, options }) => pipeline.classify(crops, options),
   prepare: async ({ live }) => { await pipeline.prepare(live); return null; },
 };
