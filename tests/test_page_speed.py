@@ -261,3 +261,30 @@ def test_the_worker_reads_live_frames_itself_with_the_same_answers(server, brows
             for ours, theirs in zip(faces, expected):
                 for label, p in theirs["probabilities"].items():
                     assert abs(ours["probabilities"][label] - p) < 1e-5, (name, label)
+
+
+def test_a_reload_or_a_switch_back_sends_no_file_again(server, browser):  # noqa: F811
+    """The browser revalidates every file (Cache-Control: no-cache): unchanged ones come back as 304s, so a
+    returning visit, and a switch back to a model already loaded, transfer almost nothing."""
+    index = json.loads(urllib.request.urlopen(server + "models/index.json").read())
+    default, others = index["default_model"], [m["name"] for m in index["models"] if m["name"] != index["default_model"]]
+    context, page, received = load_page(browser, server)
+    try:
+        received.clear()
+        page.reload()
+        page.wait_for_function("window.ferkitState && window.ferkitState.ready", timeout=120000)
+        page.wait_for_load_state("networkidle")
+        assert f"{default}.onnx" in received and "ort-wasm-simd-threaded.wasm" in received, received
+        assert sum(size for size, _ in received.values()) < 100_000, received
+        if others:
+            page.select_option("#model", others[0])
+            page.wait_for_function(f"window.ferkitState.model === {json.dumps(others[0])} && window.ferkitState.ready",
+                                   timeout=120000)
+            received.clear()
+            page.select_option("#model", default)
+            page.wait_for_function(f"window.ferkitState.model === {json.dumps(default)} && window.ferkitState.ready",
+                                   timeout=120000)
+            page.wait_for_load_state("networkidle")
+            assert f"{default}.onnx" in received and sum(size for size, _ in received.values()) < 100_000, received
+    finally:
+        context.close()
