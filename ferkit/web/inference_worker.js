@@ -11,14 +11,19 @@ let pipeline = null;
 let spare = null;  // the last frame's pixel buffer, for the next frame of the same size
 
 // A VideoFrame's pixels as {width, height, data: RGBA bytes}, copied into the spare buffer where it fits (a
-// frame analysed meanwhile holds it: then a new one). The frame is closed.
+// frame analysed meanwhile holds it: then a new one). The frame is closed. A frame whose pixels are not the size
+// it is shown at (non-square pixels) is not copied: the page reads it at the size the video shows.
 async function framePixels(frame) {
-  const width = frame.displayWidth, height = frame.displayHeight, size = width * height * 4;
-  const data = spare && spare.length === size ? spare : new Uint8ClampedArray(size);
-  spare = null;
+  const { width, height } = frame.visibleRect, size = width * height * 4;
+  let data = null;
   try {
+    if (width !== frame.displayWidth || height !== frame.displayHeight) throw new Error("shown at another size");
+    if (frame.allocationSize({ format: "RGBA" }) !== size) throw new Error("rows with padding");
+    data = spare && spare.length === size ? spare : new Uint8ClampedArray(size);
+    spare = null;
     await frame.copyTo(data, { format: "RGBA" });
   } catch (error) {
+    if (data) spare = data;
     throw new Error(`${NO_FRAME_COPY}: ${(error && error.message) || error}`);
   } finally {
     frame.close();
