@@ -373,3 +373,33 @@ def test_an_unknown_model_in_the_address_is_named_not_swapped_silently(server, b
         assert "problem" in page.page.get_attribute("#status", "class")
     finally:
         page.page.close()
+
+
+def test_two_quick_starts_open_one_camera_and_stop_closes_it(server, browser):  # noqa: F811
+    """Start clicked twice while the camera opens: one camera, and Stop leaves none running."""
+    def record_streams(page):
+        page.add_init_script("""{
+          const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+          window.openedStreams = [];
+          navigator.mediaDevices.getUserMedia = async (...args) => {
+            const stream = await open(...args);
+            window.openedStreams.push(stream);
+            return stream;
+          };
+        }""")
+
+    page = Page(browser, server, None, setup=record_streams)
+    try:
+        if page.page.is_enabled("#live-stop"):
+            page.page.click("#live-stop")
+        page.page.evaluate("() => { const start = document.getElementById('live-start'); start.click(); start.click(); }")
+        page.page.wait_for_function("window.ferkitState.frames > 0 && !document.getElementById('live-stop').disabled",
+                                    timeout=60000)
+        page.page.wait_for_timeout(500)
+        assert page.page.locator("#live-stage video").count() == 1
+        page.page.click("#live-stop")
+        live = page.page.evaluate("""() => window.openedStreams.flatMap((s) => s.getTracks())
+                                       .filter((t) => t.readyState === 'live').length""")
+        assert live == 0 and page.page.evaluate("window.openedStreams.length") >= 1
+    finally:
+        page.page.close()

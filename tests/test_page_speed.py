@@ -223,6 +223,9 @@ TWO_FRAMES = """async (pngs) => {
   return { apart, together, videoFrames: window.videoFramesMade ?? null };
 }"""
 
+EMPTY_CANVAS = """() => window.ferkitAnalyseFrame(Object.assign(document.createElement("canvas"), { width: 0, height: 0 }))
+  .then(() => "answered", (error) => "failed: " + error.message)"""
+
 COUNT_VIDEO_FRAMES = """{
   const Made = window.VideoFrame;
   window.videoFramesMade = 0;
@@ -249,6 +252,9 @@ def test_the_worker_reads_live_frames_itself_with_the_same_answers(server, brows
         try:
             if page.page.is_enabled("#live-stop"):  # the camera started by itself: its frames are not the test's
                 page.page.click("#live-stop")
+            # A source with no frame to give (an empty canvas) fails that call only, not the next frames' path.
+            failed = page.page.evaluate(EMPTY_CANVAS)
+            assert failed.startswith("failed"), failed
             answers[name] = page.page.evaluate(TWO_FRAMES, pngs)
         finally:
             page.page.close()
@@ -288,3 +294,41 @@ def test_a_reload_or_a_switch_back_sends_no_file_again(server, browser):  # noqa
             assert f"{default}.onnx" in received and sum(size for size, _ in received.values()) < 100_000, received
     finally:
         context.close()
+
+
+def test_a_camera_the_browser_scales_is_read_in_the_worker_with_the_pages_boxes(browser, server, tmp_path):  # noqa: F811
+    """A 1280x720 camera asked for 640 wide: the video shows 640x360 while its frames hold 1280x720. The worker
+    analyses the full-size pixels and answers in the shown size's coordinates: the boxes of the page's own read."""
+    import cv2
+
+    from benchmarks.common import CHROMIUM, PAGE_ARGS
+    from ferkit.images import sample_image
+
+    frame = np.full((720, 1280, 3), 60, np.uint8)
+    frame[120:600, 400:880] = cv2.resize(sample_image(), (480, 480))
+    y4m = tmp_path / "wide.y4m"
+    with open(y4m, "wb") as clip:
+        clip.write(b"YUV4MPEG2 W1280 H720 F30:1 Ip A1:1 C420jpeg\n")
+        clip.write((b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes()) * 10)
+    wide = browser.browser_type.launch(executable_path=CHROMIUM, headless=True,
+                                       args=PAGE_ARGS + [f"--use-file-for-fake-video-capture={y4m}"])
+    seen = {}
+    try:
+        for name, script in [("worker", COUNT_VIDEO_FRAMES), ("page", "delete window.VideoFrame;")]:
+            context = wide.new_context(permissions=["camera"])
+            page = context.new_page()
+            page.add_init_script(script)
+            page.goto(server + "?model=fer_lite")  # Live starts by itself: the camera is allowed
+            page.wait_for_function("window.ferkitState.frames > 10 && window.ferkitState.faces.length === 1",
+                                   timeout=120000)
+            seen[name] = page.evaluate("""() => ({ box: window.ferkitState.faces[0].box, frames: window.ferkitState.frames,
+              made: window.videoFramesMade ?? null, shown: [document.querySelector("#live-stage video").videoWidth,
+              document.querySelector("#live-stage video").videoHeight] })""")
+            context.close()
+    finally:
+        wide.close()
+    worker, page = seen["worker"], seen["page"]
+    assert worker["shown"] == page["shown"] == [640, 360]
+    assert worker["made"] >= worker["frames"]  # every frame went to the worker as a VideoFrame
+    assert np.abs(np.subtract(worker["box"], page["box"])).max() <= 3, (worker, page)
+    assert 200 <= worker["box"][0] and worker["box"][0] + worker["box"][2] <= 440, worker  # on the face, shown size

@@ -183,17 +183,25 @@ function followFaces(faces, now) {
   live.session.record(now, faces);
 }
 
-const live = { camera: null, running: false, overlay: null, meter: null, tracker: null, session: null,
-               source: null };
+const live = { camera: null, running: false, opening: false, overlay: null, meter: null, tracker: null,
+               session: null, source: null };
 let panel = null;  // the session panel (session_panel.js), made in main()
 
 async function startLive() {
-  if (live.running) return;
+  if (live.running || live.opening) return;  // a second click while the camera opens opens no second camera
+  live.opening = true;
+  $("live-start").disabled = true;
   const stage = $("live-stage");
   // The picked camera or a shared window or screen (sources.js); a source that ends by itself stops the view.
   const source = parseSource($("live-source").value);
-  live.camera = await openSource(stage, source, { width: 640, onEnded: () => live.running && stopLive() })
-    .catch((error) => { throw new Error(explainSource(error, source)); });
+  try {
+    live.camera = await openSource(stage, source, { width: 640, onEnded: () => live.running && stopLive() });
+  } catch (error) {
+    $("live-start").disabled = false;
+    throw new Error(explainSource(error, source));
+  } finally {
+    live.opening = false;
+  }
   if (source.kind === "camera") fillSourcePicker($("live-source"));  // the cameras' names, now that one is allowed
   live.overlay = ferkitOverlay(live.camera);
   watchNewFrames(live.camera.video);
@@ -201,7 +209,6 @@ async function startLive() {
   newSession();
   panel.running(true);
   live.running = true;
-  $("live-start").disabled = true;
   $("live-stop").disabled = $("live-snapshot").disabled = false;
   requestAnimationFrame(liveStep);
 }

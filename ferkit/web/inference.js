@@ -34,7 +34,7 @@ class WorkerPipeline {
 
   // source: a <video> or <canvas> showing the frame. Its pixels are read in the worker: a VideoFrame handed over
   // and copied there into a buffer kept from frame to frame (no copy on this thread, no new buffer each frame);
-  // where this browser cannot (no VideoFrame, or no RGBA copy of one), read here as before, from then on.
+  // where this browser cannot (no VideoFrame, or no RGBA copy of one), read here as before.
   async analyseSource(source, options = {}) {
     if (this.frames !== false && typeof VideoFrame === "function") {
       let frame = null;
@@ -43,8 +43,10 @@ class WorkerPipeline {
         return await this.call("analyseFrame", { frame, options }, [frame]);
       } catch (error) {
         frame?.close();  // still here where the call never handed it over
-        if (frame && !String(error.message).startsWith(NO_FRAME_COPY)) throw error;  // the analysis failed
-        this.frames = false;
+        // No frame made (a source not showing one yet): this frame is read here. The worker could not copy one:
+        // every frame is, from now on. Anything else: the analysis failed.
+        if (frame && !String(error.message).startsWith(NO_FRAME_COPY)) throw error;
+        if (frame) this.frames = false;
       }
     }
     return readAndAnalyse(this, source, options);

@@ -10,14 +10,14 @@ const NO_FRAME_COPY = "no RGBA copy of a VideoFrame";  // inference.js's, which 
 let pipeline = null;
 let spare = null;  // the last frame's pixel buffer, for the next frame of the same size
 
-// A VideoFrame's pixels as {width, height, data: RGBA bytes}, copied into the spare buffer where it fits (a
-// frame analysed meanwhile holds it: then a new one). The frame is closed. A frame whose pixels are not the size
-// it is shown at (non-square pixels) is not copied: the page reads it at the size the video shows.
+// A VideoFrame's pixels as {width, height, data: RGBA bytes, shown: [width, height] the video shows it at},
+// copied into the spare buffer where it fits (a frame analysed meanwhile holds it: then a new one). The frame is
+// closed. A camera the browser scales (a 1280x720 one asked for 640 wide) gives its full-size pixels here.
 async function framePixels(frame) {
   const { width, height } = frame.visibleRect, size = width * height * 4;
+  const shown = [frame.displayWidth, frame.displayHeight];  // read before the frame is closed
   let data = null;
   try {
-    if (width !== frame.displayWidth || height !== frame.displayHeight) throw new Error("shown at another size");
     if (frame.allocationSize({ format: "RGBA" }) !== size) throw new Error("rows with padding");
     data = spare && spare.length === size ? spare : new Uint8ClampedArray(size);
     spare = null;
@@ -28,7 +28,15 @@ async function framePixels(frame) {
   } finally {
     frame.close();
   }
-  return { width, height, data };
+  return { width, height, data, shown };
+}
+
+// Faces found on a frame's full-size pixels, in the coordinates of the size the video shows it at (the page's).
+function toShownSize(faces, image, round) {
+  const sx = image.shown[0] / image.width, sy = image.shown[1] / image.height;
+  if (sx === 1 && sy === 1) return faces;
+  return faces.map((face) => ({ ...face, box: face.box.map((v, i) => round(v * (i % 2 ? sy : sx))),
+                                landmarks: face.landmarks?.map(([x, y]) => [x * sx, y * sy]) }));
 }
 
 const handlers = {
@@ -44,7 +52,8 @@ const handlers = {
     const started = performance.now(), image = await framePixels(frame), read = performance.now() - started;
     try {
       const result = await pipeline.analyse(image, options);
-      return { ...result, timings: { frame: read, ...result.timings } };
+      const faces = toShownSize(result.faces, image, (await modules).roundHalfEven);
+      return { faces, timings: { frame: read, ...result.timings } };
     } finally {
       spare = image.data;
     }
