@@ -263,6 +263,9 @@ def test_live_view_labels_the_camera_face_and_measures_fps(server, browser):
     assert state["fps"] <= 36, state
     assert state["frames"] >= 3, state
     assert set(state["latencyMs"]) >= {"frame", "detector", "crop", "classifier", "drawing"}
+    # The readout averages each stage over recent frames: the detector, run on some frames only, never reads 0.
+    readout = dict(part.rsplit(" ", 2)[:2] for part in page.page.text_content("#live-readout").split(" · ")[1:])
+    assert float(readout["detector"]) > 0.1 and float(readout["classifier"]) > 0.1, readout
     box = state["faces"][0]["box"]
     assert 80 <= box[0] + box[2] / 2 <= 560  # the face sits in the middle of the fake camera's frame
     print(f"\nlive view, shipped model, WASM {state['threads']} thread(s): {state['fps']:.1f} FPS; "

@@ -183,8 +183,8 @@ function followFaces(faces, now) {
   live.session.record(now, faces);
 }
 
-const live = { camera: null, running: false, opening: false, overlay: null, meter: null, tracker: null,
-               session: null, source: null };
+const live = { camera: null, running: false, opening: false, overlay: null, meter: null, stageMs: {},
+               tracker: null, session: null, source: null };
 let panel = null;  // the session panel (session_panel.js), made in main()
 
 async function startLive() {
@@ -213,10 +213,20 @@ async function startLive() {
   requestAnimationFrame(liveStep);
 }
 
+// The readout's stage times, each averaged over about the last ten frames: the detector runs on some frames only
+// (Pipeline.detectLive), so the last frame alone would show it now at 0 ms, now at its whole cost.
+function averageStages(latencyMs) {
+  for (const [stage, ms] of Object.entries(latencyMs)) {
+    live.stageMs[stage] = live.stageMs[stage] === undefined ? ms : 0.9 * live.stageMs[stage] + 0.1 * ms;
+  }
+  return live.stageMs;
+}
+
 // A new session: ids from 0, no history, a new frame rate.
 function newSession() {
   live.tracker = new Tracker(index.tracking);
   live.meter = ferkitFrameRateMeter();
+  live.stageMs = {};
   const { class_names: classNames } = index.models.find((m) => m.name === state.model);
   live.session = state.session = new Session({ classNames, aggregateOnly: panel.aggregateOnly,
     settings: { model: state.model, source: live.source, tracking: index.tracking } });
@@ -293,7 +303,8 @@ async function liveStep() {
       state.frames += 1;
       publish(faces, latencyMs, fps);
       succeed();
-      $("live-readout").textContent = `${ferkitFrameRateText(fps)} · ` + Object.entries(latencyMs).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ");
+      $("live-readout").textContent = `${ferkitFrameRateText(fps)} · ` + Object.entries(averageStages(latencyMs))
+        .map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ");
     } catch (error) {
       fail(error);
     }
