@@ -6,7 +6,6 @@
 importScripts("vendor/onnxruntime-web/ort.wasm.min.js");
 
 const modules = import("./pipeline.js");  // pipeline.js is an ES module; a classic worker imports it dynamically
-const NO_FRAME_COPY = "no RGBA copy of a VideoFrame";  // inference.js's, which reads the pixels itself then
 let pipeline = null;
 let spare = null;  // the last frame's pixel buffer, for the next frame of the same size
 
@@ -24,6 +23,7 @@ async function framePixels(frame) {
     await frame.copyTo(data, { format: "RGBA" });
   } catch (error) {
     if (data) spare = data;
+    const { NO_FRAME_COPY } = await import("./inference.js");  // the words inference.js falls back on
     throw new Error(`${NO_FRAME_COPY}: ${(error && error.message) || error}`);
   } finally {
     frame.close();
