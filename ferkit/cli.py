@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "RESULTS/metrics.json, confusion_matrix.png and training_curves.png. Labelled photos (a folder "
                     "of class folders, or a labels.csv with file and label columns and optionally identity): the "
                     "whole pipeline (find the face, crop, classify), per-class recall, macro recall, accuracy, "
-                    "faces found, 95%% intervals resampling people, a confusion matrix and a per-photo CSV.")
+                    "faces found, 95% intervals resampling people, a confusion matrix and a per-photo CSV; with "
+                    "--crops, each image is classified whole as one face already cut out.")
     evaluate.add_argument("input", nargs="?", help=_DATA_HELP + "; or labelled photos (class folders or labels.csv)")
     _add_model_option(evaluate)
     evaluate.add_argument("--results", help="output folder (default: results, or results/photos/NAME for photos)")
@@ -180,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--resamples", type=int, default=1000, metavar="N",
                           help="photos: resamplings of people for the 95%% intervals (default: 1000; 0: none)")
     evaluate.add_argument("--tta", action="store_true", help="photos: test-time augmentation, as predict --tta")
+    evaluate.add_argument("--crops", action="store_true",
+                          help="photos: each image is one face already cut out and framed like FER-2013's (a crop "
+                               "set such as CK+48): classify it whole, without searching for a face")
     evaluate.add_argument("--checkpoint-dir", action="append", metavar="DIR",
                           help=f"where training wrote history.csv, for the training curves (default: "
                                f"{DEFAULT_CHECKPOINT_DIR}); repeat it, in order, for a model trained in stages "

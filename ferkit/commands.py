@@ -177,15 +177,19 @@ def cmd_evaluate_photos(args, model, meta) -> None:
     photo_set = photos.read_photo_set(args.input, meta.class_names, photos.parse_label_map(args.labels))
     if args.held_out is not None:
         photo_set = photo_set.split_by_identity(args.held_out)[1]
-    crops = photos.crop_photos(photo_set, meta, args.detector, progress=not args.no_progress)
+    crops = photos.crop_photos(photo_set, meta, args.detector, progress=not args.no_progress,
+                               whole_image=args.crops)
     for index, why in sorted(crops.errors.items()):
         _note(f"unreadable, counted as no face: {why}")
     metrics, table = evaluation.evaluate_photos(model, meta, photo_set, crops, args.min_support, args.tta,
                                                 args.resamples)
+    metrics["face_crops"] = args.crops
     metrics["model"] = args.model or resolve_model().name  # as given, not a path on this machine
     results = Path(args.results or Path("results") / "photos" / Path(args.input).resolve().name)
     written = evaluation.write_photo_results(metrics, table, results)
     print(evaluation.format_photo_metrics(metrics))
+    if not args.crops and (hint := photos.small_misses_hint(photo_set, crops)):
+        _note(hint)
     _note("wrote " + ", ".join(str(p) for p in written.values()))
 
 
@@ -193,9 +197,9 @@ def cmd_evaluate(args) -> None:
     model, meta = load_model(args.model)
     if args.input and photos.is_photo_set(args.input):
         return cmd_evaluate_photos(args, model, meta)
-    if args.labels or args.held_out is not None:
-        raise ValueError(f"{args.input or 'the dataset'}: --labels and --held-out are for labelled photo sets "
-                         "(class folders or a labels.csv), not FER-2013")
+    if args.labels or args.held_out is not None or args.crops:
+        raise ValueError(f"{args.input or 'the dataset'}: --labels, --held-out and --crops are for labelled photo "
+                         "sets (class folders or a labels.csv), not FER-2013")
     dataset = _load(args)
     if args.pipeline:
         split = dataset.split(args.pipeline)

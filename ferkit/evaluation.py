@@ -205,7 +205,9 @@ def format_photo_metrics(metrics: dict) -> str:
     shown = lambda name: (f"{metrics[name]:.3f}" + (f" (95% {intervals[name][0]:.3f}-{intervals[name][1]:.3f}, "
                                                      f"resampling {metrics['people']} people)"
                                                      if name in intervals else "")) if metrics[name] is not None else "-"
-    lines = [f"{metrics['source']}: {metrics['photos']} photos, faces found {metrics['faces_found']:.1%}",
+    found = ("each classified whole as a face crop" if metrics.get("face_crops")
+             else f"faces found {metrics['faces_found']:.1%}")
+    lines = [f"{metrics['source']}: {metrics['photos']} photos, {found}",
              f"accuracy      {shown('accuracy')}",
              f"macro recall  {shown('macro_recall')}  over {', '.join(metrics['macro_recall_classes']) or 'no class'}"
              f" (classes with {metrics['min_support']}+ photos)",

@@ -294,6 +294,15 @@ def crop_face(gray: np.ndarray, face: Face, size: int, margin: float, offset: fl
     return lift_low_contrast(crop, **low_contrast) if low_contrast else crop
 
 
+def whole_image_face(image: np.ndarray) -> Face:
+    """The face of an image that is one face already cut out (a crop set such as FER-2013's own): the centred
+    square of its shorter side, which :func:`crop_face` with no margin cuts and resizes without a search.
+    Its score is NaN: nothing was detected."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    return Face(((width - side) // 2, (height - side) // 2, side, side), float("nan"))
+
+
 def crop_faces(gray: np.ndarray, found: list[Face], meta, align: bool) -> np.ndarray:
     """(N, S, S) uint8: each face cut from a grayscale image with the model's crop settings (``meta``), the one
     crop that prediction, the web page's tests and training on photos (:mod:`ferkit.photos`) share."""

@@ -146,8 +146,8 @@ def photo_mix(config: TrainConfig, class_names, crops: dict, train_split: FerDat
     for path, share in zip(config.photos, weights):
         photo_set = photos.read_photo_set(path, list(class_names), config.photos_labels)
         rest, held = photo_set.split_by_identity(config.photos_held_out)
-        rest_crops = photos.crop_photos(rest, crop_meta, cache_dir=checkpoint_dir / "photo_crops")
-        held_crops = photos.crop_photos(held, crop_meta, cache_dir=checkpoint_dir / "photo_crops")
+        cut = dict(cache_dir=checkpoint_dir / "photo_crops", whole_image=config.photos_crops)
+        rest_crops, held_crops = photos.crop_photos(rest, crop_meta, **cut), photos.crop_photos(held, crop_meta, **cut)
         found = rest_crops.found
         counts = np.bincount(rest.labels[found], minlength=len(class_names))
         # A class of n photos drawn in proportion to n ** (1 - balance): rare classes more often than their share.
@@ -160,7 +160,7 @@ def photo_mix(config: TrainConfig, class_names, crops: dict, train_split: FerDat
         held_found.append(held_crops.found)
         description.append({"path": str(path), "weight": share, "trained_on": int(found.sum()),
                             "held_out": len(held), "faces_found": float(np.mean(np.r_[found, held_crops.found])),
-                            "held_out_fraction": config.photos_held_out})
+                            "held_out_fraction": config.photos_held_out, "face_crops": config.photos_crops})
     validation = PhotoValidation(np.concatenate(held_images), np.concatenate(held_labels),
                                  np.concatenate(held_found), len(class_names), config.photos_min_support)
     return PhotoMix(np.concatenate(images), np.concatenate(labels), np.concatenate(sample_weights), validation,

@@ -59,8 +59,9 @@ def add_options(parser: argparse.ArgumentParser, defaults, staged: tuple[Any, st
             help_text += f" (default: {value:g}; {staged_value:g} with {staged[1]})"
         # int for `int | None`, float for `list[float]`; anything else stays text.
         value_type = next((t for t in (*get_args(types[spec.name]), types[spec.name]) if t in (int, float)), None)
+        typed = {"type": value_type} if value_type else {}  # a store_true flag takes no type
         (containers or {}).get(spec.name, parser).add_argument(
-            spec.metadata["flag"], dest=spec.name, type=value_type, default=default, help=help_text,
+            spec.metadata["flag"], dest=spec.name, default=default, help=help_text, **typed,
             **spec.metadata["argparse"])
 
 

@@ -201,7 +201,8 @@ class PhotoCrops:
 
 
 def crop_photos(photos: PhotoSet, meta, detector: str = "yunet", align: bool | None = None,
-                cache_dir: str | os.PathLike | None = None, progress: bool = True) -> PhotoCrops:
+                cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                whole_image: bool = False) -> PhotoCrops:
     """Find each photo's face (the largest, where there are several) and cut it as ``Predictor`` does.
 
     Detection is :func:`ferkit.faces.detect_faces` with the predictor's
@@ -209,7 +210,14 @@ def crop_photos(photos: PhotoSet, meta, detector: str = "yunet", align: bool | N
     with ``meta``'s settings. With ``cache_dir`` the result is kept in a file
     named by a hash of the photos (paths, sizes, times), the settings and the
     detector, and reused while none of them changes.
+
+    ``whole_image``: each photo is one face already cut out, framed like
+    FER-2013's crops (a crop set such as CK+48): no search, no margin or
+    alignment; its centred square is resized to the model's input (and a flat
+    one lifted, as every crop is) and counted as found, with score NaN.
     """
+    if whole_image:
+        return _whole_image_crops(photos, meta, progress)
 
     align = meta.face_align if align is None else align
     settings = {"input_size": meta.input_size, "face_margin": meta.face_margin, "face_offset": meta.face_offset,
@@ -243,6 +251,48 @@ def crop_photos(photos: PhotoSet, meta, detector: str = "yunet", align: bool | N
                 np.savez(out, crops=result.crops, found=result.found, boxes=result.boxes, scores=result.scores,
                          errors=json.dumps(result.errors))
     return result
+
+
+def _whole_image_crops(photos: PhotoSet, meta, progress: bool) -> PhotoCrops:
+    size = meta.input_size
+    result = PhotoCrops(np.zeros((len(photos), size, size), np.uint8), np.zeros(len(photos), bool),
+                        np.zeros((len(photos), 4), np.int32), np.full(len(photos), np.nan, np.float32))
+    for index, path in enumerate(report(photos.files, "reading face crops", unit="photo", enabled=progress)):
+        try:
+            image = load_image(path)
+        except ImageError as error:
+            result.errors[index] = str(error)
+            continue
+        face = face_module.whole_image_face(image)
+        result.crops[index] = face_module.crop_face(to_gray(image), face, size, margin=0.0,
+                                                    low_contrast=meta.face_low_contrast)
+        result.found[index], result.boxes[index] = True, face.box
+    return result
+
+
+#: Photos whose longer side is at most this many pixels are likely face crops, not photos of people.
+CROP_LIKE_SIDE = 100
+
+
+def small_misses_hint(photos: PhotoSet, crops: PhotoCrops, share: float = 0.1) -> str | None:
+    """A hint for a set of face crops evaluated as photos: when more than ``share`` of the photos had no face
+    found and most of those are small (the size of face crops), say so and name ``--crops``; else None."""
+    from PIL import Image
+
+    missed = [path for index, path in enumerate(photos.files) if not crops.found[index] and index not in crops.errors]
+    if not photos or len(missed) <= share * len(photos):
+        return None
+    sides = []
+    for path in missed[:200]:
+        try:
+            with Image.open(path) as image:
+                sides.append(max(image.size))
+        except (OSError, ValueError):
+            continue
+    if not sides or np.median(sides) > CROP_LIKE_SIDE:
+        return None
+    return (f"no face found in {len(missed)} of {len(photos)} photos, most of them {int(np.median(sides))} px or "
+            "smaller: if the images are faces already cut out, add --crops to classify each one whole")
 
 
 def _fingerprint(photos: PhotoSet, settings: dict) -> str:

@@ -101,6 +101,9 @@ class TrainConfig:
     photos_labels: dict = option(factory=dict, flag="--photos-labels", action="append", metavar="THEIRS=OURS,...",
                                  convert=parse_label_map,
                                  help="map the photo sets' label names to the classes, e.g. happiness=happy")
+    photos_crops: bool = option(False, flag="--photos-crops", action="store_true",
+                                help="the --photos sets hold faces already cut out and framed like FER-2013's "
+                                     "(a crop set such as CK+48): each image is one face, used whole")
     #: The held-out macro recall averages the classes with at least this many held-out photos.
     photos_min_support: int = MIN_SUPPORT
     photos_balance: float = option(
@@ -173,6 +176,8 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
     from ferkit.callbacks import EpochTimer, ThresholdStop, WeightAverage  # imports Keras
 
     config = config or TrainConfig()
+    if config.photos_crops and not config.photos:
+        raise ValueError("--photos-crops says the --photos sets are face crops, but no --photos set was given")
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     train_split, val_split = data.split("Training"), data.split("PublicTest")

@@ -199,3 +199,70 @@ def test_distilling_with_photos_learns_the_teacher_on_fer_and_the_labels_on_phot
     assert len(photo_targets) and (photo_targets.max(1) == 1).all()
     assert (photo_targets.argmax(1) == seen["labels"][fer_rows:]).all()
     assert (targets[:fer_rows].max(1) < 1).all()  # the teacher's mix on FER-2013's faces
+
+
+def write_crop_set(folder: Path, faces, per_class: int = 3) -> Path:
+    """FER-2013-style 48x48 crops in class folders, the first of each class padded to 64x48 with white columns
+    (the face its centred square), the way a crop set such as CK+48 is laid out; labels.csv names shot i's
+    person ``person{i}``."""
+    rows = []
+    for k, name in enumerate(faces.class_names):
+        chosen = np.flatnonzero(faces.labels == k)[:per_class]
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for shot, index in enumerate(chosen):
+            crop = faces.images[index].reshape(48, 48).astype(np.uint8)
+            if shot == 0:
+                crop = np.pad(crop, ((0, 0), (8, 8)), constant_values=255)
+            cv2.imwrite(str(folder / name / f"{index}.png"), crop)
+            rows.append({"file": f"{name}/{index}.png", "label": name, "identity": f"person{shot}"})
+    with open(folder / "labels.csv", "w", newline="") as out:
+        writer = csv.DictWriter(out, ["file", "label", "identity"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def test_face_crops_are_classified_whole_as_the_model_classifies_crops(cartoon, random_model, tmp_path):
+    from ferkit.inference import predict_probabilities
+    from ferkit.model import load_model
+
+    write_crop_set(tmp_path / "crops", cartoon)
+    assert main(["evaluate", str(tmp_path / "crops"), "--crops", "--model", str(random_model), "--results",
+                 str(tmp_path / "out"), "--resamples", "0", "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "photos.csv")))
+    assert len(rows) == 21 and all(r["face_found"] == "True" for r in rows)
+    model, _ = load_model(random_model)
+    indices = [int(Path(r["file"]).stem) for r in rows]
+    expected = predict_probabilities(model, cartoon.images[indices].reshape(-1, 48, 48).astype(np.uint8))
+    found = np.array([[float(r[f"p_{name}"]) for name in cartoon.class_names] for r in rows])
+    assert np.allclose(found, expected, atol=1e-4)  # the padded ones too: their centred square is the face
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["face_crops"] is True and metrics["faces_found"] == 1.0
+
+
+def test_small_images_with_no_face_found_suggest_crops_and_photos_do_not(random_model, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for name, side in (("small", 48), ("large", 320)):
+        for label in ("happy", "sad"):
+            (tmp_path / name / label).mkdir(parents=True)
+            for shot in range(3):  # noise: no face to find
+                cv2.imwrite(str(tmp_path / name / label / f"{shot}.png"), rng.integers(0, 256, (side, side), np.uint8))
+        assert main(["evaluate", str(tmp_path / name), "--model", str(random_model), "--results",
+                     str(tmp_path / f"out_{name}"), "--resamples", "0", "--no-progress"]) == 0
+        hinted = "--crops" in capsys.readouterr().err
+        assert hinted == (name == "small"), name
+
+
+def test_training_on_a_crop_set_uses_every_crop_whole(cartoon, tmp_path):
+    with pytest.raises(ValueError, match="no --photos set"):
+        training.train(cartoon, training.TrainConfig(photos_crops=True), out=tmp_path / "m" / "fer",
+                       checkpoint_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    write_crop_set(tmp_path / "crops", cartoon, per_class=4)
+    config = training.TrainConfig(architecture="lite", epochs=1, batch_size=16, warmup_epochs=0, precision="float32",
+                                  photos=[str(tmp_path / "crops")], photos_crops=True, photos_weight=[0.5],
+                                  epoch_size=32, photos_min_support=1)
+    training.train(cartoon, config, out=tmp_path / "model" / "fer", checkpoint_dir=tmp_path / "ck", verbose=0)
+    (described,) = json.loads((tmp_path / "model" / "fer.meta.json").read_text())["training"]["photos"]
+    assert described["trained_on"] + described["held_out"] == 28 and described["faces_found"] == 1.0
+    assert described["face_crops"] is True
