@@ -140,7 +140,8 @@ class PhotoValidation(keras.callbacks.Callback):
         self.counted = np.flatnonzero(support >= min_support)
         if not len(self.counted):
             raise ValueError(f"the held-out photos have no class with {min_support}+ photos "
-                             f"(counts {support.tolist()}); hold out a larger part or add photos")
+                             f"(counts {support.tolist()}); hold out a larger part (--photos-held-out), add "
+                             "photos, or hold none out (--photos-held-out 0: the epoch chosen on PublicTest alone)")
 
     def on_epoch_end(self, epoch, logs=None):
         predicted = np.full(len(self.labels), -1)

@@ -126,7 +126,7 @@ class PhotoMix(NamedTuple):
     images: np.ndarray  # (N, S, S) uint8
     labels: np.ndarray  # (N,) int
     weights: np.ndarray  # (N,) sampling weight of each image
-    validation: object  # the PhotoValidation callback on the held-out people
+    validation: object  # the PhotoValidation callback on the held-out people; None if none held out
     description: list  # per photo set: path, weight, photos trained on and held out, faces found
 
 
@@ -145,7 +145,10 @@ def photo_mix(config: TrainConfig, class_names, crops: dict, train_split: FerDat
     held_images, held_labels, held_found, description = [], [], [], []
     for path, share in zip(config.photos, weights):
         photo_set = photos.read_photo_set(path, list(class_names), config.photos_labels)
-        rest, held = photo_set.split_by_identity(config.photos_held_out)
+        # --photos-held-out 0: train on every photo (a set without people named, or too small to hold out 40
+        # photos of a class) and choose the epoch on PublicTest alone.
+        rest, held = (photo_set.split_by_identity(config.photos_held_out) if config.photos_held_out
+                      else (photo_set, photo_set.subset(np.zeros(len(photo_set), bool))))
         cut = dict(cache_dir=checkpoint_dir / "photo_crops", whole_image=config.photos_crops)
         rest_crops, held_crops = photos.crop_photos(rest, crop_meta, **cut), photos.crop_photos(held, crop_meta, **cut)
         found = rest_crops.found
@@ -162,7 +165,8 @@ def photo_mix(config: TrainConfig, class_names, crops: dict, train_split: FerDat
                             "held_out": len(held), "faces_found": float(np.mean(np.r_[found, held_crops.found])),
                             "held_out_fraction": config.photos_held_out, "face_crops": config.photos_crops})
     validation = PhotoValidation(np.concatenate(held_images), np.concatenate(held_labels),
-                                 np.concatenate(held_found), len(class_names), config.photos_min_support)
+                                 np.concatenate(held_found), len(class_names),
+                                 config.photos_min_support) if config.photos_held_out else None
     return PhotoMix(np.concatenate(images), np.concatenate(labels), np.concatenate(sample_weights), validation,
                     description)
 

@@ -75,7 +75,9 @@ class PhotoSet:
         """
         if self.identities is None:
             raise PhotoSetError(f"{self.source}: no identity column ({' or '.join(IDENTITY_COLUMNS)}); a "
-                                "held-out part needs to know who is in each photo, so no person is on both sides")
+                                "held-out part needs to know who is in each photo, so no person is on both sides: "
+                                "give a labels.csv with file, label and identity columns, or train with "
+                                "--photos-held-out 0 to hold none out")
         if not 0 < fraction < 1:
             raise PhotoSetError(f"held-out fraction {fraction}: must be between 0 and 1")
         people, person = np.unique(np.asarray(self.identities), return_inverse=True)

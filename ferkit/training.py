@@ -97,7 +97,8 @@ class TrainConfig:
         help=f"share of each epoch drawn from the matching --photos set (default: {PHOTOS_SHARE:g} split among "
              "the sets)")
     photos_held_out: float = option(HELD_OUT_FRACTION, flag="--photos-held-out", metavar="FRACTION",
-                                    help="share of each class's photos held out, by person, for validation")
+                                    help="share of each class's photos held out, by person, for validation "
+                                         "(0: none; the best epoch is then chosen on PublicTest alone)")
     photos_labels: dict = option(factory=dict, flag="--photos-labels", action="append", metavar="THEIRS=OURS,...",
                                  convert=parse_label_map,
                                  help="map the photo sets' label names to the classes, e.g. happiness=happy")
@@ -217,10 +218,10 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
                             weights=mix.weights if mix else None, epoch_size=config.epoch_size)
     val_ds = make_dataset(val_split.images, val_split.labels, num_classes, 256, training=False)
     best_path = checkpoint_dir / "best.weights.h5"
-    monitor = "val_selection" if mix else "val_accuracy"
+    monitor = "val_selection" if mix and mix.validation else "val_accuracy"
     threshold = None
     callbacks = [
-        *([mix.validation] if mix else []),  # first: it adds the photo scores the others read
+        *([mix.validation] if mix and mix.validation else []),  # first: it adds the photo scores the others read
         # Saves weights, optimizer and epoch after every epoch; restores them on the next run.
         keras.callbacks.BackupAndRestore(str(checkpoint_dir / "backup"), save_freq="epoch", delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(
@@ -263,8 +264,9 @@ def train(data: FerDataset, config: TrainConfig | None = None, *, out: str | Pat
                      training={"config": asdict(config), "dataset": data.source, "precision": policy,
                                "best_epoch": int(best["epoch"]) + 1, "epochs_run": len(history),
                                "best_public_test_accuracy": best["val_accuracy"],
-                               **({"best_photos_macro_recall": best["val_photos_macro_recall"],
-                                   "photos": mix.description} if mix else {}),
+                               **({"photos": mix.description} if mix else {}),
+                               **({"best_photos_macro_recall": best["val_photos_macro_recall"]}
+                                  if mix and mix.validation else {}),
                                "threshold_stop_epoch": threshold.stopped_epoch if threshold else None,
                                "hardware": describe_hardware(),
                                "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in history), 1),

@@ -266,3 +266,17 @@ def test_training_on_a_crop_set_uses_every_crop_whole(cartoon, tmp_path):
     (described,) = json.loads((tmp_path / "model" / "fer.meta.json").read_text())["training"]["photos"]
     assert described["trained_on"] + described["held_out"] == 28 and described["faces_found"] == 1.0
     assert described["face_crops"] is True
+
+
+def test_photos_without_people_named_train_with_none_held_out(cartoon, tmp_path):
+    write_photo_set(tmp_path / "set", people=3, with_csv=False)  # class folders: nobody named
+    config = training.TrainConfig(architecture="lite", epochs=1, batch_size=16, warmup_epochs=0, precision="float32",
+                                  photos=[str(tmp_path / "set")], epoch_size=32, photos_min_support=1)
+    with pytest.raises(photos.PhotoSetError, match="--photos-held-out 0"):
+        training.train(cartoon, config, out=tmp_path / "m" / "fer", checkpoint_dir=tmp_path / "ck0", verbose=0)
+    config = training.TrainConfig(**{**config.__dict__, "photos_held_out": 0.0})
+    result = training.train(cartoon, config, out=tmp_path / "model" / "fer", checkpoint_dir=tmp_path / "ck", verbose=0)
+    assert "val_photos_macro_recall" not in result.history[0]  # chosen on PublicTest alone
+    recorded = json.loads((tmp_path / "model" / "fer.meta.json").read_text())["training"]
+    (described,) = recorded["photos"]
+    assert described["trained_on"] == 6 and described["held_out"] == 0 and "best_photos_macro_recall" not in recorded
