@@ -218,15 +218,12 @@ def crop_photos(photos: PhotoSet, meta, detector: str = "yunet", align: bool | N
     alignment; its centred square is resized to the model's input (and a flat
     one lifted, as every crop is) and counted as found, with score NaN.
     """
-    if whole_image:
-        return _whole_image_crops(photos, meta, progress)
-
     align = meta.face_align if align is None else align
     settings = {"input_size": meta.input_size, "face_margin": meta.face_margin, "face_offset": meta.face_offset,
                 "face_align": align, "face_low_contrast": meta.face_low_contrast, "detector": detector,
                 "min_score": face_module.MIN_FACE_SCORE, "version": 1}
     cache = None
-    if cache_dir is not None:
+    if cache_dir is not None and not whole_image:  # nothing to search, nothing worth keeping
         cache = Path(cache_dir) / f"crops-{_fingerprint(photos, settings)}.npz"
         if cache.is_file():
             with np.load(cache) as stored:
@@ -235,40 +232,29 @@ def crop_photos(photos: PhotoSet, meta, detector: str = "yunet", align: bool | N
     size = meta.input_size
     result = PhotoCrops(np.zeros((len(photos), size, size), np.uint8), np.zeros(len(photos), bool),
                         np.zeros((len(photos), 4), np.int32), np.zeros(len(photos), np.float32))
-    for index, path in enumerate(report(photos.files, "finding faces", unit="photo", enabled=progress)):
+    work = "reading face crops" if whole_image else "finding faces"
+    for index, path in enumerate(report(photos.files, work, unit="photo", enabled=progress)):
         try:
             image = load_image(path)
         except ImageError as error:
             result.errors[index] = str(error)
             continue
-        found = face_module.detect_faces(image, detector, upscale_search=True)
-        if not found:
-            continue
-        face = max(found, key=lambda f: f.box[2] * f.box[3])  # the photo's subject: its largest face
-        result.crops[index] = face_module.crop_faces(to_gray(image), [face], meta, align)[0]
-        result.found[index], result.boxes[index], result.scores[index] = True, face.box, face.score
+        if whole_image:
+            face = face_module.whole_image_face(image)
+            crop = face_module.crop_face(to_gray(image), face, size, margin=0.0, low_contrast=meta.face_low_contrast)
+        else:
+            found = face_module.detect_faces(image, detector, upscale_search=True)
+            if not found:
+                continue
+            face = max(found, key=lambda f: f.box[2] * f.box[3])  # the photo's subject: its largest face
+            crop = face_module.crop_faces(to_gray(image), [face], meta, align)[0]
+        result.crops[index], result.found[index], result.boxes[index] = crop, True, face.box
+        result.scores[index] = face.score
     if cache is not None:
         with atomic_path(cache) as temporary:
             with open(temporary, "wb") as out:
                 np.savez(out, crops=result.crops, found=result.found, boxes=result.boxes, scores=result.scores,
                          errors=json.dumps(result.errors))
-    return result
-
-
-def _whole_image_crops(photos: PhotoSet, meta, progress: bool) -> PhotoCrops:
-    size = meta.input_size
-    result = PhotoCrops(np.zeros((len(photos), size, size), np.uint8), np.zeros(len(photos), bool),
-                        np.zeros((len(photos), 4), np.int32), np.full(len(photos), np.nan, np.float32))
-    for index, path in enumerate(report(photos.files, "reading face crops", unit="photo", enabled=progress)):
-        try:
-            image = load_image(path)
-        except ImageError as error:
-            result.errors[index] = str(error)
-            continue
-        face = face_module.whole_image_face(image)
-        result.crops[index] = face_module.crop_face(to_gray(image), face, size, margin=0.0,
-                                                    low_contrast=meta.face_low_contrast)
-        result.found[index], result.boxes[index] = True, face.box
     return result
 
 
