@@ -172,15 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--labels", action="append", metavar="THEIRS=OURS,...",
                           help="photos: map the set's label names to the model's, e.g. happiness=happy,anger=angry; "
                                "labels that map to no class are listed and left out")
-    evaluate.add_argument("--held-out", type=float, nargs="?", const=photos.HELD_OUT_FRACTION, metavar="FRACTION",
+    evaluate.add_argument("--held-out", type=float, nargs="?", const=commands.HELD_OUT_AS_TRAINED, metavar="FRACTION",
                           help="photos: evaluate only the people `train --photos` holds out for validation "
-                               f"(FRACTION of each class, by person; default {photos.HELD_OUT_FRACTION:g})")
+                               "(FRACTION of each class, by person; default: the fraction the model was trained "
+                               f"with on this set, else {photos.HELD_OUT_FRACTION:g})")
     evaluate.add_argument("--min-support", type=int, default=evaluation.MIN_SUPPORT, metavar="N",
                           help="photos: classes with fewer than N photos are shown but left out of the macro recall "
                                f"(default: {evaluation.MIN_SUPPORT})")
     evaluate.add_argument("--resamples", type=int, default=1000, metavar="N",
                           help="photos: resamplings of people for the 95%% intervals (default: 1000; 0: none)")
     evaluate.add_argument("--tta", action="store_true", help="photos: test-time augmentation, as predict --tta")
+    evaluate.add_argument("--max-pixels", type=_limit, default=MAX_IMAGE_PIXELS, metavar="N",
+                          help=f"photos: refuse photos of more than N pixels before decoding them, 'none' for no "
+                               f"limit (default: {MAX_IMAGE_PIXELS})")
     evaluate.add_argument("--crops", action="store_true",
                           help="photos: each image is one face already cut out and framed like FER-2013's (a crop "
                                "set such as CK+48): classify it whole, without searching for a face")
@@ -368,13 +372,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ[portable.VERBOSE_ENV] = "1"
-    if args.command in _TENSORFLOW_COMMANDS:
-        portable.import_keras()
     args.argv = [a for a in argv if a != "--verbose"]  # recorded with a trained model
-    _plain_warnings()
     try:
+        if args.command in _TENSORFLOW_COMMANDS:
+            portable.import_keras()
+        _plain_warnings()
         status = args.func(args)
     except (data.DatasetError, ValueError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback
+        print("interrupted", file=sys.stderr)
+        return 130
     return status or 0

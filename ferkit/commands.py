@@ -173,19 +173,64 @@ def cmd_train(args) -> None:
     print("saved " + ", ".join(str(p) for p in result.files.values()))
 
 
+def _photo_set_name(path: str) -> str:
+    """What to call a photo set's results folder: its folder's name (a labels.csv is named by its folder)."""
+    path = Path(path).resolve()
+    if path.is_file():
+        return path.parent.name if path.name.lower() == "labels.csv" else f"{path.parent.name}-{path.stem}"
+    return path.name
+
+
+#: ``evaluate --held-out`` with no fraction: the one the model was trained with (not a string, which argparse
+#: would pass through ``type``).
+HELD_OUT_AS_TRAINED = -1.0
+
+
+def _held_out_fraction(given: float, photo_set: str, meta) -> float:
+    """``evaluate --held-out``'s fraction: as given, or (no value) the one the model was trained with on this
+    set, so the held-out people are the ones it never saw; a model that held none of them out is named."""
+    trained = [entry for entry in (meta.training or {}).get("photos", [])
+               if entry.get("path") and _photo_set_name(entry["path"]) == _photo_set_name(photo_set)]
+    recorded = trained[0].get("held_out_fraction") if trained else None
+    if recorded == 0:
+        _note(f"note: the model trained on every photo of {photo_set} (--photos-held-out 0); the held-out "
+              "part was seen in training")
+    if given != HELD_OUT_AS_TRAINED:
+        if recorded and given != recorded:
+            _note(f"note: the model held out {recorded:g} of {photo_set} in training, not {given:g}; "
+                  "some of these photos were seen in training")
+        return given
+    return recorded or photos.HELD_OUT_FRACTION
+
+
 def cmd_evaluate_photos(args, model, meta) -> None:
-    photo_set = photos.read_photo_set(args.input, meta.class_names, photos.parse_label_map(args.labels))
+    photo_set = photos.read_photo_set(args.input, meta.class_names, photos.parse_label_map(args.labels),
+                                      skip_bad=args.skip_bad)
+    if args.resamples < 0:
+        raise ValueError(f"--resamples {args.resamples}: give 0 (no intervals) or more")
+    for why in photo_set.skipped:
+        _note(f"skipped: {why}")
     if args.held_out is not None:
-        photo_set = photo_set.split_by_identity(args.held_out)[1]
+        photo_set = photo_set.split_by_identity(_held_out_fraction(args.held_out, args.input, meta))[1]
+        if not len(photo_set):
+            raise ValueError(f"{args.input}: the held-out part is empty (too few people to hold any out); "
+                             "evaluate without --held-out")
     crops = photos.crop_photos(photo_set, meta, args.detector, progress=not args.no_progress,
-                               whole_image=args.crops)
+                               whole_image=args.crops, max_pixels=args.max_pixels)
+    if args.skip_bad and crops.errors:
+        for index, why in sorted(crops.errors.items()):
+            _note(f"skipped: {why}")
+        readable = [index not in crops.errors for index in range(len(photo_set))]
+        photo_set, crops = photo_set.subset(readable), crops.subset(readable)
+        if not len(photo_set):
+            raise ValueError(f"{args.input}: no readable photo left to evaluate")
     for index, why in sorted(crops.errors.items()):
-        _note(f"unreadable, counted as no face: {why}")
+        _note(f"unreadable, counted as no face (--skip-bad leaves it out): {why}")
     metrics, table = evaluation.evaluate_photos(model, meta, photo_set, crops, args.min_support, args.tta,
                                                 args.resamples)
     metrics["face_crops"] = args.crops
     metrics["model"] = args.model or resolve_model().name  # as given, not a path on this machine
-    results = Path(args.results or Path("results") / "photos" / Path(args.input).resolve().name)
+    results = Path(args.results or Path("results") / "photos" / _photo_set_name(args.input))
     written = evaluation.write_photo_results(metrics, table, results)
     print(evaluation.format_photo_metrics(metrics))
     if not args.crops and (hint := photos.small_misses_hint(photo_set, crops)):

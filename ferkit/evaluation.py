@@ -145,7 +145,7 @@ def evaluate_photos(model, meta: ModelMeta, photos, crops, min_support: int = MI
     predicted = np.where(crops.found, probabilities.argmax(1), -1)
     matrix = confusion_matrix(photos.labels[crops.found], predicted[crops.found], len(names))
     support = np.bincount(photos.labels, minlength=len(names))
-    counted = support >= min_support
+    counted = (support >= min_support) & (support > 0)
     correct = predicted == photos.labels
     recall = np.full(len(names), np.nan)
     recall[support > 0] = class_recalls(predicted, photos.labels, np.flatnonzero(support))
@@ -194,8 +194,13 @@ def identity_intervals(identities, labels: np.ndarray, correct: np.ndarray, coun
     accuracy = hit.sum(1) / total.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.where(total > 0, hit / total, np.nan)[:, counted]
-    macro = np.nanmean(recall, axis=1) if counted.any() else np.full(resamples, np.nan)
-    interval = lambda values: [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
+    # A resampling that drew none of the counted classes' photos has no macro recall; it is left out.
+    drawn = ~np.isnan(recall).all(axis=1) if counted.any() else np.zeros(resamples, bool)
+    macro = np.nanmean(recall[drawn], axis=1)
+
+    def interval(values):
+        return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if len(values) else None
+
     return {"resamples": resamples, "accuracy": interval(accuracy), "macro_recall": interval(macro)}
 
 
@@ -204,7 +209,7 @@ def format_photo_metrics(metrics: dict) -> str:
     intervals = metrics.get("intervals", {})
     shown = lambda name: (f"{metrics[name]:.3f}" + (f" (95% {intervals[name][0]:.3f}-{intervals[name][1]:.3f}, "
                                                      f"resampling {metrics['people']} people)"
-                                                     if name in intervals else "")) if metrics[name] is not None else "-"
+                                                     if intervals.get(name) else "")) if metrics[name] is not None else "-"
     found = ("each classified whole as a face crop" if metrics.get("face_crops")
              else f"faces found {metrics['faces_found']:.1%}")
     lines = [f"{metrics['source']}: {metrics['photos']} photos, {found}",
@@ -227,7 +232,7 @@ def write_photo_results(metrics: dict, table, results_dir: str | Path) -> dict[s
     results_dir = Path(results_dir)
     paths = {"metrics": results_dir / "metrics.json", "photos": results_dir / "photos.csv",
              "confusion_matrix": results_dir / "confusion_matrix.png"}
-    write_text(paths["metrics"], json.dumps(metrics, indent=2) + "\n")
+    write_text(paths["metrics"], json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     write_text(paths["photos"], table.to_csv(index=False, float_format="%.4f"))
     macro = metrics["macro_recall"]
     title = f"{Path(metrics['source']).name}: accuracy {metrics['accuracy']:.1%}" + (

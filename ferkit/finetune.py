@@ -4,6 +4,7 @@ crop settings, labelled photos beside FER-2013, and blends of a network with the
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -152,6 +153,17 @@ def photo_mix(config: TrainConfig, class_names, crops: dict, train_split: FerDat
         cut = dict(cache_dir=checkpoint_dir / "photo_crops", whole_image=config.photos_crops)
         rest_crops, held_crops = photos.crop_photos(rest, crop_meta, **cut), photos.crop_photos(held, crop_meta, **cut)
         found = rest_crops.found
+        # Held-out photos stay in validation whatever happens to them (a photo without a face is a miss there).
+        left_out = {"labels not among the classes": sum(photo_set.unknown_labels.values()),
+                    "unreadable": len(rest_crops.errors),
+                    "no face found": int((~found).sum()) - len(rest_crops.errors)}
+        dropped = ", ".join(f"{count} {why}" for why, count in left_out.items() if count)
+        if not found.any():
+            hint = "; if they are faces already cut out, add --photos-crops" if not config.photos_crops else ""
+            raise ValueError(f"{path}: no photo to train on (of {len(photo_set)}, {len(held)} held out"
+                             f"{'; left out: ' + dropped if dropped else ''}){hint}")
+        print(f"{path}: training on {int(found.sum())} photos, {len(held)} held out"
+              + (f"; left out: {dropped}" if dropped else ""), file=sys.stderr)
         counts = np.bincount(rest.labels[found], minlength=len(class_names))
         # A class of n photos drawn in proportion to n ** (1 - balance): rare classes more often than their share.
         per_photo = (np.maximum(counts, 1) ** -config.photos_balance)[rest.labels[found]]
@@ -163,7 +175,8 @@ def photo_mix(config: TrainConfig, class_names, crops: dict, train_split: FerDat
         held_found.append(held_crops.found)
         description.append({"path": str(path), "weight": share, "trained_on": int(found.sum()),
                             "held_out": len(held), "faces_found": float(np.mean(np.r_[found, held_crops.found])),
-                            "held_out_fraction": config.photos_held_out, "face_crops": config.photos_crops})
+                            "held_out_fraction": config.photos_held_out, "face_crops": config.photos_crops,
+                            "left_out": left_out})
     validation = PhotoValidation(np.concatenate(held_images), np.concatenate(held_labels),
                                  np.concatenate(held_found), len(class_names),
                                  config.photos_min_support) if config.photos_held_out else None

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ferkit import faces as face_module
-from ferkit.files import atomic_path, read_text
-from ferkit.images import IMAGE_SUFFIXES, ImageError, load_image, to_gray
+from ferkit.files import atomic_path, read_bytes
+from ferkit.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageError, load_image, to_gray
 from ferkit.progress import progress as report
 
 #: The share of each class's photos ``train --photos`` holds out (by person) for validation.
@@ -51,6 +51,8 @@ class PhotoSet:
     identities: list[str] | None = None
     #: Labels that are none of ``class_names`` (after ``label_map``), with their counts: listed, never guessed.
     unknown_labels: dict[str, int] = field(default_factory=dict)
+    #: Rows or files left out with ``skip_bad`` (missing files, malformed rows): why, one line each.
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -129,9 +131,12 @@ def _csv_header(path: Path) -> list[str]:
         return []
 
 
-def read_photo_set(path: str | os.PathLike, class_names: list[str], label_map: dict[str, str] | None = None) -> PhotoSet:
-    """A :class:`PhotoSet` from a folder of class folders or a labels.csv; labels are matched case-insensitively
-    to ``class_names`` after ``label_map``. Missing files and bad rows raise :class:`PhotoSetError` naming them."""
+def read_photo_set(path: str | os.PathLike, class_names: list[str], label_map: dict[str, str] | None = None,
+                   skip_bad: bool = False) -> PhotoSet:
+    """A :class:`PhotoSet` from a folder of class folders (photos anywhere below each, hidden files left out) or
+    a labels.csv; labels are matched case-insensitively to ``class_names`` after ``label_map``. Missing files and
+    bad rows raise :class:`PhotoSetError` naming them, or with ``skip_bad`` are left out and listed in
+    ``skipped``."""
     path = Path(path)
     label_map = {k.lower(): v for k, v in (label_map or {}).items()}
     unknown_targets = sorted(set(label_map.values()) - set(class_names))
@@ -140,55 +145,101 @@ def read_photo_set(path: str | os.PathLike, class_names: list[str], label_map: d
                             f"({', '.join(class_names)})")
     csv_path = path if path.is_file() else path / "labels.csv"
     if csv_path.is_file():
-        rows, identities = _read_labels_csv(csv_path)
-        root = csv_path.parent
+        rows, identities, problems = _read_labels_csv(csv_path)
+        root, listing = csv_path.parent, csv_path
     elif path.is_dir():
-        rows = [(f"{folder.name}/{image.name}", folder.name) for folder in sorted(path.iterdir())
-                if folder.is_dir() and not folder.name.startswith(".")
-                for image in sorted(folder.iterdir()) if image.suffix.lower() in IMAGE_SUFFIXES]
-        identities, root = None, path
+        rows, identities, problems = _class_folder_rows(path), None, []
+        root, listing = path, path
     else:
         raise PhotoSetError(f"{path}: no such folder or labels.csv")
     by_name = {name.lower(): index for index, name in enumerate(class_names)}
     files, labels, kept, unknown = [], [], [], {}
+    missing = []
     for number, (relative, label) in enumerate(rows):
+        if relative is None:  # a bad row, already in problems
+            continue
         target = label_map.get(label.lower(), label).lower()
         if target not in by_name:
             unknown[label] = unknown.get(label, 0) + 1
             continue
+        if not (root / relative).is_file():
+            missing.append(relative)
+            continue
         files.append(root / relative)
         labels.append(by_name[target])
         kept.append(number)
-    missing = [f for f in files if not f.is_file()]
     if missing:
-        raise PhotoSetError(f"{missing[0]}: listed in {csv_path if csv_path.is_file() else path} but missing "
-                            f"({len(missing)} file(s) in all); restore them or remove their rows")
+        hint = " (paths are read with / between folders, not \\)" if any("\\" in m for m in missing) else ""
+        problems.append(f"{root / missing[0]}: listed in {listing} but missing ({len(missing)} file(s) in all"
+                        f"{hint}); restore them or remove their rows")
+    if problems and not skip_bad:
+        more = f" ({len(problems)} problems in all; --skip-bad leaves the bad rows out and lists them)" \
+            if len(problems) > 1 else " (--skip-bad leaves the bad rows out and lists them)"
+        raise PhotoSetError(problems[0] + more)
     if not files:
         raise PhotoSetError(f"{path}: no photo with a label among {', '.join(class_names)}"
                             + (f" (found labels: {', '.join(sorted(unknown))}; map them with --labels "
                                "THEIRS=OURS)" if unknown else ""))
     return PhotoSet(str(path), files, np.array(labels, np.int64), list(class_names),
-                    None if identities is None else [identities[i] for i in kept], unknown)
+                    None if identities is None else [identities[i] for i in kept], unknown, problems)
 
 
-def _read_labels_csv(path: Path) -> tuple[list[tuple[str, str]], list[str] | None]:
-    text = read_text(path, "labels file", MAX_LABELS_BYTES).lstrip("\ufeff")
+def _class_folder_rows(path: Path) -> list[tuple[str, str]]:
+    """(relative file, label) for every image below each class folder of ``path``, hidden ones left out
+    (``.DS_Store``, macOS's ``._photo.jpg``): photos sorted into sub-folders (by person, by session) count."""
+    rows = []
+    for folder in sorted(path.iterdir()):
+        if not folder.is_dir() or folder.name.startswith("."):
+            continue
+        for parent, folders, names in os.walk(folder):
+            folders[:] = sorted(f for f in folders if not f.startswith("."))
+            for name in sorted(names):
+                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    rows.append(((Path(parent) / name).relative_to(path).as_posix(), folder.name.strip()))
+    return rows
+
+
+def _read_labels_csv(path: Path) -> tuple[list[tuple[str | None, str | None]], list[str] | None, list[str]]:
+    """(rows, identities, problems): one (file, label) row per data line, (None, None) for a bad one, whose
+    reason is in problems."""
+    raw = read_bytes(path, "labels file", MAX_LABELS_BYTES)
+    try:
+        text = raw.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise PhotoSetError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); save the file as "
+                            "UTF-8 (in a spreadsheet: CSV UTF-8)") from None
     reader = csv.DictReader(io.StringIO(text))
     columns = {name.strip().lower(): name for name in reader.fieldnames or []}
     if not {"file", "label"} <= set(columns):
-        raise PhotoSetError(f"{path}: needs the columns file and label (found: {', '.join(columns) or 'none'})")
+        header = ", ".join(columns) or "none"
+        separator = next((s for s in (";", "\t", "|") if s in "".join(columns)), None)
+        hint = f"; the header is separated by {separator!r}: labels.csv needs commas" if separator else ""
+        raise PhotoSetError(f"{path}: needs the columns file and label (found: {header}){hint}")
     identity = next((columns[c] for c in IDENTITY_COLUMNS if c in columns), None)
-    rows, identities = [], []
-    for line, row in enumerate(reader, start=2):
+    rows, identities, problems, first_line = [], [], [], {}
+    for row in reader:
+        line = reader.line_num  # the physical line, blank lines counted
         relative, label = (row.get(columns["file"]) or "").strip(), (row.get(columns["label"]) or "").strip()
+        person = (row.get(identity) or "").strip() if identity else ""
+        problem = None
         if not relative or not label:
-            raise PhotoSetError(f"{path}, line {line}: empty file or label")
-        if Path(relative).is_absolute() or ".." in Path(relative).parts:
-            raise PhotoSetError(f"{path}, line {line}: {relative!r} leaves the labels file's folder; give paths "
-                                "relative to it")
-        rows.append((relative, label))
-        identities.append((row.get(identity) or "").strip() if identity else "")
-    return rows, identities if identity else None
+            problem = f"{path}, line {line}: empty file or label"
+        elif Path(relative).is_absolute() or ".." in Path(relative).parts:
+            problem = f"{path}, line {line}: {relative!r} leaves the labels file's folder; give paths relative to it"
+        elif relative in first_line:
+            problem = f"{path}, line {line}: {relative!r} is listed again (first on line {first_line[relative]})"
+        elif identity and not person:
+            problem = (f"{path}, line {line}: empty {identity} (who is in the photo); fill it in on every row, or "
+                       "remove the column")
+        if problem:
+            problems.append(problem)
+            rows.append((None, None))
+        else:
+            first_line[relative] = line
+            rows.append((relative, label))
+        identities.append(person)
+    return rows, identities if identity else None, problems
 
 
 @dataclass
@@ -201,10 +252,16 @@ class PhotoCrops:
     scores: np.ndarray  # (N,) float32 detection scores; 0 where no face was found
     errors: dict[int, str] = field(default_factory=dict)  # photo index -> why it could not be read
 
+    def subset(self, mask: np.ndarray) -> "PhotoCrops":
+        mask = np.asarray(mask, bool)
+        renumbered = np.cumsum(mask) - 1
+        return PhotoCrops(self.crops[mask], self.found[mask], self.boxes[mask], self.scores[mask],
+                          {int(renumbered[i]): why for i, why in self.errors.items() if mask[i]})
+
 
 def crop_photos(photos: PhotoSet, meta, detector: str = "yunet", align: bool | None = None,
                 cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                whole_image: bool = False) -> PhotoCrops:
+                whole_image: bool = False, max_pixels: int | None = MAX_IMAGE_PIXELS) -> PhotoCrops:
     """Find each photo's face (the largest, where there are several) and cut it as ``Predictor`` does.
 
     Detection is :func:`ferkit.faces.detect_faces` with the predictor's
@@ -233,9 +290,9 @@ def crop_photos(photos: PhotoSet, meta, detector: str = "yunet", align: bool | N
     result = PhotoCrops(np.zeros((len(photos), size, size), np.uint8), np.zeros(len(photos), bool),
                         np.zeros((len(photos), 4), np.int32), np.zeros(len(photos), np.float32))
     work = "reading face crops" if whole_image else "finding faces"
-    for index, path in enumerate(report(photos.files, work, unit="photo", enabled=progress)):
+    for index, path in enumerate(report(photos.files, work, unit="photo", enabled=progress and len(photos) > 0)):
         try:
-            image = load_image(path)
+            image = load_image(path, max_pixels=max_pixels)
         except ImageError as error:
             result.errors[index] = str(error)
             continue

@@ -68,11 +68,39 @@ def test_label_names_are_mapped_and_unknown_ones_listed_not_guessed(tmp_path):
 
 @pytest.mark.parametrize("row, problem", [("../outside.jpg,happy,a", "leaves the labels file's folder"),
                                           ("gone.jpg,happy,a", "gone.jpg: listed in"),
-                                          (",happy,a", "line 2: empty file or label")])
-def test_bad_labels_csv_rows_are_named(tmp_path, row, problem):
-    (tmp_path / "labels.csv").write_text("file,label,identity\n" + row + "\n")
-    with pytest.raises(photos.PhotoSetError, match=problem):
+                                          (",happy,a", "line 4: empty file or label"),
+                                          ("happy/person0_0.jpg,happy,a", "line 4: 'happy/person0_0.jpg' is listed "
+                                                                           "again \\(first on line 2\\)"),
+                                          ("sad/person1_0.jpg,sad,", "line 4: empty identity")])
+def test_bad_labels_csv_rows_are_named_or_left_out_and_listed(tmp_path, row, problem):
+    write_photo_set(tmp_path, people=2, per_person=1, with_csv=False)
+    # Line 1 the header, line 2 a good row, line 3 blank (counted), line 4 the bad row.
+    (tmp_path / "labels.csv").write_text("file,label,identity\nhappy/person0_0.jpg,happy,a\n\n" + row + "\n")
+    with pytest.raises(photos.PhotoSetError, match=problem + ".*--skip-bad"):
         photos.read_photo_set(tmp_path, list(CLASS_NAMES))
+    kept = photos.read_photo_set(tmp_path, list(CLASS_NAMES), skip_bad=True)
+    assert [f.name for f in kept.files] == ["person0_0.jpg"] and len(kept.skipped) == 1
+
+
+def test_labels_csv_in_another_encoding_or_separator_says_what_to_do(tmp_path):
+    (tmp_path / "labels.csv").write_bytes("file,label\nhappy/caf\u00e9.jpg,happy\n".encode("latin-1"))
+    with pytest.raises(photos.PhotoSetError, match="line 2: not UTF-8 text .*save the file as UTF-8"):
+        photos.read_photo_set(tmp_path, list(CLASS_NAMES))
+    (tmp_path / "labels.csv").write_text("file;label\nhappy/a.jpg;happy\n")
+    with pytest.raises(photos.PhotoSetError, match="separated by ';'"):
+        photos.read_photo_set(tmp_path, list(CLASS_NAMES))
+
+
+def test_class_folders_count_photos_in_sub_folders_and_leave_hidden_files_out(tmp_path):
+    face = cv2.resize(sample_image(), (160, 160))
+    for relative in ("happy/alice/1.jpg", "happy/._1.jpg", "sad/bob/2.jpg", "sad/loose.jpg", "sad/.hidden/3.jpg",
+                     "Surprise /4.jpg"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / relative), face)
+    found = photos.read_photo_set(tmp_path, list(CLASS_NAMES))
+    named = {f.relative_to(tmp_path).as_posix(): CLASS_NAMES[k] for f, k in zip(found.files, found.labels)}
+    assert named == {"happy/alice/1.jpg": "happy", "sad/bob/2.jpg": "sad", "sad/loose.jpg": "sad",
+                     "Surprise /4.jpg": "surprise"}
 
 
 def test_the_split_by_person_keeps_people_whole_and_each_class_near_its_share():
@@ -280,3 +308,66 @@ def test_photos_without_people_named_train_with_none_held_out(cartoon, tmp_path)
     recorded = json.loads((tmp_path / "model" / "fer.meta.json").read_text())["training"]
     (described,) = recorded["photos"]
     assert described["trained_on"] == 6 and described["held_out"] == 0 and "best_photos_macro_recall" not in recorded
+
+
+def strict_json(path: Path) -> dict:
+    """The file as JSON that any parser reads: NaN and Infinity are refused."""
+    def refuse(constant):
+        raise ValueError(f"{path}: {constant} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_small_set_gives_strict_json_and_a_csv_is_named_by_its_folder(random_model, tmp_path, monkeypatch, capsys):
+    write_photo_set(tmp_path / "mine")  # 12 photos: no class reaches 40
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "mine/labels.csv", "--model", str(random_model), "--no-progress"]) == 0
+    metrics = strict_json(tmp_path / "results" / "photos" / "mine" / "metrics.json")
+    assert metrics["macro_recall"] is None and metrics["intervals"]["macro_recall"] is None
+    assert main(["evaluate", "mine", "--model", str(random_model), "--min-support", "0", "--results", "zero",
+                 "--no-progress"]) == 0
+    metrics = strict_json(tmp_path / "zero" / "metrics.json")
+    assert sorted(metrics["macro_recall_classes"]) == ["happy", "neutral", "sad"]  # not the classes with no photo
+    assert main(["evaluate", "mine", "--model", str(random_model), "--resamples", "-5", "--no-progress"]) == 2
+    assert "--resamples -5" in capsys.readouterr().err
+
+
+def test_evaluate_held_out_scores_the_people_the_model_did_not_train_on(random_model, tmp_path, capsys):
+    write_photo_set(tmp_path / "set", people=12)
+    trained = tmp_path / "trained" / "fer"
+    trained.parent.mkdir()
+    for suffix in (".json", ".h5", ".meta.json"):
+        (tmp_path / "trained" / f"fer{suffix}").write_bytes(Path(f"{random_model}{suffix}").read_bytes())
+    meta_path = tmp_path / "trained" / "fer.meta.json"
+    for fraction, expected in ((0.5, 0.5), (0.0, photos.HELD_OUT_FRACTION)):
+        meta = json.loads(meta_path.read_text())
+        meta["training"] = {"photos": [{"path": str(tmp_path / "set"), "held_out_fraction": fraction}]}
+        meta_path.write_text(json.dumps(meta))
+        assert main(["evaluate", str(tmp_path / "set"), "--held-out", "--model", str(trained), "--results",
+                     str(tmp_path / "out"), "--resamples", "0", "--no-progress"]) == 0
+        held = photos.read_photo_set(tmp_path / "set", list(CLASS_NAMES)).split_by_identity(expected)[1]
+        assert json.loads((tmp_path / "out" / "metrics.json").read_text())["photos"] == len(held)
+        assert ("seen in training" in capsys.readouterr().err) == (fraction == 0.0)
+
+
+def test_training_says_which_photos_it_left_out_and_refuses_a_set_it_cannot_use(cartoon, tmp_path, capsys):
+    write_photo_set(tmp_path / "set", people=3, with_csv=False)
+    (tmp_path / "set" / "contempt").mkdir()
+    cv2.imwrite(str(tmp_path / "set" / "contempt" / "x.jpg"), cv2.resize(sample_image(), (160, 160)))
+    cv2.imwrite(str(tmp_path / "set" / "happy" / "noise.png"), np.random.default_rng(0).integers(0, 256, (160, 160),
+                                                                                              np.uint8))
+    config = training.TrainConfig(architecture="lite", epochs=1, batch_size=16, warmup_epochs=0, precision="float32",
+                                  photos=[str(tmp_path / "set")], photos_held_out=0.0, epoch_size=32)
+    training.train(cartoon, config, out=tmp_path / "model" / "fer", checkpoint_dir=tmp_path / "ck", verbose=0)
+    said = capsys.readouterr().err
+    assert "training on 6 photos, 0 held out; left out: 1 labels not among the classes, 1 no face found" in said
+    (described,) = json.loads((tmp_path / "model" / "fer.meta.json").read_text())["training"]["photos"]
+    assert described["left_out"] == {"labels not among the classes": 1, "unreadable": 0, "no face found": 1}
+    noise = tmp_path / "noise"
+    for label in ("happy", "sad"):
+        (noise / label).mkdir(parents=True)
+        cv2.imwrite(str(noise / label / "0.png"), np.random.default_rng(1).integers(0, 256, (48, 48), np.uint8))
+    config = training.TrainConfig(architecture="lite", epochs=1, batch_size=16, warmup_epochs=0, precision="float32",
+                                  photos=[str(noise)], photos_held_out=0.0, epoch_size=32)
+    with pytest.raises(ValueError, match="no photo to train on .*2 no face found.*--photos-crops"):
+        training.train(cartoon, config, out=tmp_path / "never" / "fer", checkpoint_dir=tmp_path / "ck2", verbose=0)
+    assert not (tmp_path / "never").exists()
