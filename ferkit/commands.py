@@ -204,10 +204,10 @@ def _held_out_fraction(given: float, photo_set: str, meta) -> float:
 
 
 def cmd_evaluate_photos(args, model, meta) -> None:
-    photo_set = photos.read_photo_set(args.input, meta.class_names, photos.parse_label_map(args.labels),
-                                      skip_bad=args.skip_bad)
     if args.resamples < 0:
         raise ValueError(f"--resamples {args.resamples}: give 0 (no intervals) or more")
+    photo_set = photos.read_photo_set(args.input, meta.class_names, photos.parse_label_map(args.labels),
+                                      skip_bad=args.skip_bad)
     for why in photo_set.skipped:
         _note(f"skipped: {why}")
     if args.held_out is not None:

@@ -368,6 +368,11 @@ def test_training_says_which_photos_it_left_out_and_refuses_a_set_it_cannot_use(
         cv2.imwrite(str(noise / label / "0.png"), np.random.default_rng(1).integers(0, 256, (48, 48), np.uint8))
     config = training.TrainConfig(architecture="lite", epochs=1, batch_size=16, warmup_epochs=0, precision="float32",
                                   photos=[str(noise)], photos_held_out=0.0, epoch_size=32)
+    write_crop_set(tmp_path / "crops", cartoon)  # 48x48 crops: the detector misses many of them
+    crop_config = training.TrainConfig(**{**config.__dict__, "photos": [str(tmp_path / "crops")]})
+    training.train(cartoon, crop_config, out=tmp_path / "crop_model" / "fer", checkpoint_dir=tmp_path / "ck3",
+                   verbose=0)
+    assert "add --photos-crops" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no photo to train on .*2 no face found.*--photos-crops"):
         training.train(cartoon, config, out=tmp_path / "never" / "fer", checkpoint_dir=tmp_path / "ck2", verbose=0)
     assert not (tmp_path / "never").exists()
