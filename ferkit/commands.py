@@ -217,15 +217,14 @@ def cmd_evaluate_photos(args, model, meta) -> None:
                              "evaluate without --held-out")
     crops = photos.crop_photos(photo_set, meta, args.detector, progress=not args.no_progress,
                                whole_image=args.crops, max_pixels=args.max_pixels)
+    for index, why in sorted(crops.errors.items()):
+        _note(f"skipped: {why}" if args.skip_bad
+              else f"unreadable, counted as no face (--skip-bad leaves it out): {why}")
     if args.skip_bad and crops.errors:
-        for index, why in sorted(crops.errors.items()):
-            _note(f"skipped: {why}")
         readable = [index not in crops.errors for index in range(len(photo_set))]
         photo_set, crops = photo_set.subset(readable), crops.subset(readable)
         if not len(photo_set):
             raise ValueError(f"{args.input}: no readable photo left to evaluate")
-    for index, why in sorted(crops.errors.items()):
-        _note(f"unreadable, counted as no face (--skip-bad leaves it out): {why}")
     metrics, table = evaluation.evaluate_photos(model, meta, photo_set, crops, args.min_support, args.tta,
                                                 args.resamples)
     metrics["face_crops"] = args.crops

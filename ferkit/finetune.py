@@ -164,8 +164,8 @@ def photo_mix(config: TrainConfig, class_names, crops: dict, train_split: FerDat
                              f"{'; left out: ' + dropped if dropped else ''}){hint}")
         print(f"{path}: training on {int(found.sum())} photos, {len(held)} held out"
               + (f"; left out: {dropped}" if dropped else ""), file=sys.stderr)
-        if not config.photos_crops and (hint := photos.small_misses_hint(rest, rest_crops)):
-            print(f"{path}: {hint.replace('--crops', '--photos-crops')}", file=sys.stderr)
+        if not config.photos_crops and (hint := photos.small_misses_hint(rest, rest_crops, "--photos-crops")):
+            print(f"{path}: {hint}", file=sys.stderr)
         counts = np.bincount(rest.labels[found], minlength=len(class_names))
         # A class of n photos drawn in proportion to n ** (1 - balance): rare classes more often than their share.
         per_photo = (np.maximum(counts, 1) ** -config.photos_balance)[rest.labels[found]]

@@ -319,9 +319,9 @@ def crop_photos(photos: PhotoSet, meta, detector: str = "yunet", align: bool | N
 CROP_LIKE_SIDE = 100
 
 
-def small_misses_hint(photos: PhotoSet, crops: PhotoCrops, share: float = 0.1) -> str | None:
-    """A hint for a set of face crops evaluated as photos: when more than ``share`` of the photos had no face
-    found and most of those are small (the size of face crops), say so and name ``--crops``; else None."""
+def small_misses_hint(photos: PhotoSet, crops: PhotoCrops, option: str = "--crops", share: float = 0.1) -> str | None:
+    """A hint for a set of face crops searched as photos: when more than ``share`` of the photos had no face
+    found and most of those are small (the size of face crops), say so and name ``option``; else None."""
     from PIL import Image
 
     missed = [path for index, path in enumerate(photos.files) if not crops.found[index] and index not in crops.errors]
@@ -337,7 +337,7 @@ def small_misses_hint(photos: PhotoSet, crops: PhotoCrops, share: float = 0.1) -
     if not sides or np.median(sides) > CROP_LIKE_SIDE:
         return None
     return (f"no face found in {len(missed)} of {len(photos)} photos, most of them {int(np.median(sides))} px or "
-            "smaller: if the images are faces already cut out, add --crops to classify each one whole")
+            f"smaller: if the images are faces already cut out, add {option} to use each one whole")
 
 
 def _fingerprint(photos: PhotoSet, settings: dict) -> str:
